@@ -64,8 +64,9 @@ def slide_specs(cfg: SynthConfig) -> list[SlideSpec]:
     if len(weights) != len(SLIDE_LABELS):
         raise ValueError(f"synth.label_weights needs {len(SLIDE_LABELS)} values (one per label), got {len(weights)}")
     # Balanced-as-possible labels in a shuffled order, so small cohorts contain every class.
-    counts = np.floor(weights / weights.sum() * cfg.n_slides).astype(int)
-    for i in np.argsort(-weights)[: cfg.n_slides - counts.sum()]:
+    exact = weights / weights.sum() * cfg.n_slides
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: cfg.n_slides - counts.sum()]:  # largest remainders
         counts[i] += 1
     labels = rng.permutation(np.repeat(np.arange(len(weights)), counts))
     specs = []
@@ -98,10 +99,24 @@ def _load_truth(path: Path) -> SlideTruth | None:
 
 
 def _generate(spec: SlideSpec, bank_path: str, out_dir: str) -> dict:
+    from threadpoolctl import threadpool_limits
+
     bank = load_bank(Path(bank_path), spec.mpp)
     t0 = time.perf_counter()
-    truth = generate_slide(spec, bank, Path(out_dir) / f"{spec.slide_id}.svs")
+    # One slide per process: BLAS threads on tiny matrices only oversubscribe the cores.
+    with threadpool_limits(1):
+        truth = generate_slide(spec, bank, Path(out_dir) / f"{spec.slide_id}.svs")
     return asdict(truth) | {"seconds": time.perf_counter() - t0}
+
+
+def _mp_context():
+    """``fork`` (fast, no ``__main__`` guard needed) unless threads of torch/Ray make it unsafe."""
+    import sys
+    import threading
+
+    if threading.active_count() == 1 and "torch" not in sys.modules and "ray" not in sys.modules:
+        return get_context("fork")
+    return get_context("spawn")
 
 
 def build_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int | None = None) -> Path:
@@ -134,7 +149,7 @@ def build_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int | None = No
                 truths[spec.slide_id] = _generate(spec, str(bank_path), str(out))
                 bar.advance(task)
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
                 futures = [pool.submit(_generate, spec, str(bank_path), str(out)) for spec in todo]
                 for fut in as_completed(futures):
                     result = fut.result()

@@ -1,0 +1,92 @@
+"""Shared fixtures: generated slides (real SVS files), a real S3 endpoint (moto server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import wsiscale  # noqa: F401  (imports cuCIM before anything imports torch)
+from wsiscale.synth.cohort import cached_texture_bank, load_bank
+from wsiscale.synth.layout import LayoutParams
+from wsiscale.synth.slide import SlideSpec, generate_slide
+
+os.environ.setdefault("WSISCALE_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def bank():
+    return load_bank(cached_texture_bank(0.5, 512, 3, seed=0), 0.5)
+
+
+@pytest.fixture(scope="session")
+def slides_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slides")
+
+
+def _make(bank, directory: Path, name: str, **kw) -> Path:
+    path = directory / f"{name}.svs"
+    if not path.exists():
+        layout = kw.pop("layout", LayoutParams())
+        spec = SlideSpec(slide_id=name, width=kw.pop("width", 6144), height=kw.pop("height", 5120), layout=layout, **kw)
+        generate_slide(spec, bank, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_slide(bank, slides_dir):
+    """Factory: ``make_slide(name, **SlideSpec fields)`` -> path of a generated SVS (cached per session)."""
+
+    def factory(name: str, **kw) -> Path:
+        return _make(bank, slides_dir, name, **kw)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def slide_path(make_slide) -> Path:
+    """A 6144 x 5120 glandular-tumour slide at 0.5 um/px with pen marks."""
+    return make_slide("tumour-pen", label=1, seed=11, layout=LayoutParams(pen_marks=True))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint (moto server) on 127.0.0.1 with fake credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket on the moto endpoint: ``(endpoint, bucket, boto3 client)``."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    import re
+    import uuid
+
+    name = ("wsi-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()))[:48].strip("-") + "-" + uuid.uuid4().hex[:6]
+    client.create_bucket(Bucket=name)
+    return s3_endpoint, name, client
