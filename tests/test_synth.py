@@ -146,3 +146,15 @@ def test_generation_streams_without_holding_the_slide(tmp_path, bank):
     assert peak < raw / 5, f"peak {peak / 2**20:.0f} MiB"
     with tifffile.TiffFile(tmp_path / "big.svs") as tf:
         assert tf.pages[0].shape == (16384, 16384, 3)
+
+
+def test_disk_backed_levels_give_the_same_file(tmp_path, bank, monkeypatch):
+    """Huge slides buffer lower levels in a memmap (dropped from RSS as written): same bytes as RAM."""
+    from wsiscale.synth import svs_writer
+
+    spec = SlideSpec("mm", 4096, 3072, seed=8, label=2)
+    generate_slide(spec, bank, tmp_path / "ram" / "mm.svs")
+    monkeypatch.setattr(svs_writer, "_MEMMAP_BYTES", 1)
+    generate_slide(spec, bank, tmp_path / "disk" / "mm.svs")
+    assert (tmp_path / "ram" / "mm.svs").read_bytes() == (tmp_path / "disk" / "mm.svs").read_bytes()
+    assert not [p for p in (tmp_path / "disk").iterdir() if p.name.startswith("wsiscale-level-")]

@@ -113,14 +113,15 @@ def _tissue_field(rng: np.random.Generator, shape: tuple[int, int], params: Layo
     hc, wc = shape
     if not params.tissue:
         return np.full(shape, -1.0, np.float32)
-    yy, xx = np.meshgrid((np.arange(hc) + 0.5) / hc, (np.arange(wc) + 0.5) / wc, indexing="ij")
+    yy = ((np.arange(hc, dtype=np.float32) + 0.5) / hc)[:, None]
+    xx = ((np.arange(wc, dtype=np.float32) + 0.5) / wc)[None, :]
     n = int(rng.integers(params.tissue_pieces[0], params.tissue_pieces[1] + 1))
     field = np.full(shape, -10.0, np.float32)
     scale = np.sqrt(params.tissue_coverage / n / np.pi)
     for _ in range(n):
-        cy, cx = rng.uniform(0.25, 0.75, 2)
-        ry, rx = scale * rng.uniform(0.7, 1.4, 2)
-        a = rng.uniform(0, np.pi)
+        cy, cx = (float(v) for v in rng.uniform(0.25, 0.75, 2))
+        ry, rx = (float(v) for v in scale * rng.uniform(0.7, 1.4, 2))
+        a = float(rng.uniform(0, np.pi))
         u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
         v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
         field = np.maximum(field, 1.0 - np.sqrt((u / rx) ** 2 + (v / ry) ** 2))
@@ -128,7 +129,7 @@ def _tissue_field(rng: np.random.Generator, shape: tuple[int, int], params: Layo
     detail = _smooth_noise(rng, shape, sigma_cells=max(hc, wc) / 60.0)
     field = field + 0.22 * warp + 0.05 * detail
     # Keep a margin of glass around the slide edge, like a real glass slide.
-    edge = np.minimum.reduce([yy, 1 - yy, xx, 1 - xx])
+    edge = np.minimum(np.minimum(yy, 1 - yy), np.minimum(xx, 1 - xx))
     field = np.minimum(field, (edge - 0.03) * 8.0)
     return field.astype(np.float32)
 
@@ -139,8 +140,15 @@ def _class_map(
     shape = tissue.shape
     mix = rng.dirichlet(_MIX[label] * params.mix_concentration + 0.05)
     sigma = params.region_um / cell_um
-    scores = np.stack([np.log(p + 1e-6) + 1.6 * _smooth_noise(rng, shape, sigma) for p in mix])
-    classes = _MIX_CLASSES[np.argmax(scores, axis=0)].astype(np.uint8)
+    # Running argmax over per-class scores (never holds all score maps: large slides).
+    best = np.full(shape, -np.inf, np.float32)
+    classes = np.zeros(shape, np.uint8)
+    for c, p in zip(_MIX_CLASSES, mix):
+        score = np.log(p + 1e-6) + 1.6 * _smooth_noise(rng, shape, sigma)
+        better = score > best
+        classes[better] = c
+        best = np.maximum(best, score, out=best)
+        del score, better
     tumour_class = SLIDE_LABELS[label][1]
     if tumour_class is not None and tissue.any():
         frac = rng.uniform(*params.tumour_fraction)

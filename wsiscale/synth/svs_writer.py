@@ -82,9 +82,35 @@ def _buffer(shape: tuple[int, int, int], workdir: Path) -> np.ndarray:
     return mm
 
 
-def _tiles_of(image: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+def _release(buffer: np.ndarray) -> None:
+    """Write back a disk-backed buffer and drop its pages from RSS (the data stays in the file)."""
+    if isinstance(buffer, np.memmap):
+        import mmap
+
+        buffer.flush()
+        mm = buffer._mmap  # type: ignore[attr-defined]
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _downsample_level(src: np.ndarray, shape: tuple[int, int], factor: int, workdir: Path, strip: int = 1024) -> np.ndarray:
+    """Box-downsample ``src`` into a new ``shape`` buffer, ``strip`` source rows at a time."""
+    h, w = shape
+    dst = _buffer((h, w, 3), workdir)
+    step = max(factor, strip - strip % factor)
+    for y in range(0, h * factor, step):
+        part = np.asarray(src[y : min(y + step, h * factor), : w * factor])
+        dst[y // factor : y // factor + part.shape[0] // factor] = _box_downsample(part, factor)
+    _release(src)
+    _release(dst)
+    return dst
+
+
+def _tiles_of(image: np.ndarray, tile: int, release: np.ndarray | None = None) -> Iterator[np.ndarray]:
     h, w = image.shape[:2]
     for y in range(0, h, tile):
+        if release is not None and (y // tile) % 16 == 15:
+            _release(release)
         for x in range(0, w, tile):
             t = image[y : y + tile, x : x + tile]
             if t.shape[0] != tile or t.shape[1] != tile:
@@ -165,6 +191,8 @@ def write_svs(
                         if hh > 0 and ww > 0:
                             level1[y : y + hh, x : x + ww] = small[:hh, :ww]
                     count += 1
+                    if level1 is not None and count % (n_tx * 16) == 0:
+                        _release(level1)  # keep RSS flat on huge slides
                     yield tile
 
             tw.write(feed(), shape=(h0, w0, 3), dtype=np.uint8, tile=(t, t), description=f"{head}|{tail}", **jpeg)
@@ -172,9 +200,10 @@ def write_svs(
             if count != expected:
                 raise ValueError(f"expected {expected} level-0 tiles for {w0}x{h0}, got {count}")
             if level1 is not None:
+                _release(level1)
                 levels.append(level1)
                 for h, w in shapes[2:]:
-                    levels.append(_box_downsample(np.asarray(levels[-1][: h * f, : w * f]), f))
+                    levels.append(_downsample_level(levels[-1], (h, w), f, path.parent))
             smallest = np.asarray(levels[-1]) if levels else None
             if smallest is None:
                 raise ValueError(f"slide {w0}x{h0} is too small for a pyramid; min level size is {spec.min_level_size}")
@@ -187,7 +216,7 @@ def write_svs(
             )
             for (h, w), level in zip(shapes[1:], levels):
                 tw.write(
-                    _tiles_of(level, t),
+                    _tiles_of(level, t, release=level),
                     shape=(h, w, 3),
                     dtype=np.uint8,
                     tile=(t, t),

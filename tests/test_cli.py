@@ -1,0 +1,73 @@
+"""The ``wsiscale`` command line and the end-to-end demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from wsiscale.cli import main
+
+
+def test_info_json(slide_path, capsys):
+    assert main(["info", str(slide_path), "--json", "--set", "tiling.min_tissue=0.5"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["width"] == 6144 and row["height"] == 5120 and row["mpp"] == 0.5
+    assert row["levels"] == [[6144, 5120], [1536, 1280]]
+    assert 0.1 < row["tissue_fraction"] < 0.9
+    assert row["tiles"] > 0 and row["regions"] >= 0 and row["error"] is None
+
+
+def test_info_table_and_bad_slide(slide_path, tmp_path):
+    exe = [sys.executable, "-m", "wsiscale.cli"]
+    res = subprocess.run([*exe, "info", str(slide_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    assert "6144 x 5120" in out and "aperio" in out and "tissue fraction" in out
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    res = subprocess.run([*exe, "info", str(bad)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "not a TIFF" in res.stdout + res.stderr
+
+
+def test_config_errors_exit_cleanly(capsys):
+    assert main(["config", "--set", "tiling.mppp=1"]) == 2
+    assert "did you mean 'tiling.mpp'" in capsys.readouterr().err
+
+
+def test_config_prints_resolved_yaml(capsys):
+    assert main(["config", "--set", "tiling.mpp=1.0"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["tiling"]["mpp"] == 1.0
+
+
+def test_synth_command(tmp_path):
+    out = tmp_path / "cohort"
+    assert main(["synth", str(out), "--n-slides", "2", "--size", "2048x1536", "--seed", "4", "--workers", "1"]) == 0
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(rows) == 2 and rows[0]["width"] == 2048 and rows[0]["height"] == 1536
+    saved = yaml.safe_load((out / "wsiscale.config.yaml").read_text())
+    assert saved["synth"]["n_slides"] == 2 and saved["synth"]["seed"] == 4
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The README demo command on a small cohort: local Ray, file:// storage, generated slides."""
+    out = tmp_path / "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "wsiscale.cli", "demo", "--out", str(out), "--n-slides", "3",
+         "--set", "synth.width=4096", "--set", "synth.height=4096", "--set", "ray.num_cpus=2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["slides"]
+    assert len(rows) == 3 and all(r["error"] is None for r in rows)
+    assert all(r["tiles"] > 0 and r["width"] == 4096 for r in rows)
+    assert (out / "wsiscale.config.yaml").exists() and (out / "slides" / "manifest.parquet").exists()
+    assert "slides summarised" in res.stderr + res.stdout
