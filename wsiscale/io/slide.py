@@ -28,7 +28,7 @@ from wsiscale.io.errors import (
     SlideError,
     UnsupportedSlideError,
 )
-from wsiscale.io.staging import StagingCache, default_cache, object_size
+from wsiscale.io.staging import StagingCache, default_cache, object_info
 from wsiscale.io.tiff_meta import TiffSummary, read_tiff_summary
 from wsiscale.io.uri import filesystem, normalize_uri
 
@@ -299,18 +299,15 @@ def open_slide(
     if mpp is not None and not (mpp > 0):
         raise ValueError(f"{uri}: mpp override must be positive, got {mpp}")
     cls = resolve_backend(backend, cucim_timeout_s)
-    size = object_size(uri, storage)
-    if size == 0:
-        from wsiscale.io.errors import EmptySlideError
-
-        raise EmptySlideError(uri, "object has zero bytes", "the slide was not written or uploaded completely; copy it again")
+    info = object_info(uri, storage)
+    size = int(info["size"])
     fs, path = filesystem(uri, storage)
     with fs.open(path, "rb") as fh:
         summary = read_tiff_summary(fh, uri, size)
     if not any(tiled for _, _, tiled in summary.pages):
         log.warning("%s has no tiled pages; reads will decode whole strips (slow for large slides)", uri)
     if cls.needs_local_file:  # type: ignore[attr-defined]
-        local = str((cache or default_cache(storage)).fetch(uri, storage))
+        local = str((cache or default_cache(storage)).fetch(uri, storage, info))
     else:
         local = uri
     try:

@@ -32,11 +32,12 @@ def default_staging_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"wsiscale-staging-{os.getuid()}"
 
 
-def object_size(uri: str, storage: "StorageConfig | None" = None) -> int:
-    """Size in bytes of the object at ``uri``.
+def object_info(uri: str, storage: "StorageConfig | None" = None) -> dict:
+    """fsspec ``info`` of the slide object at ``uri``, checked to be a non-empty file.
 
     Raises:
-        SlideNotFoundError: no such object (or no permission to see it).
+        SlideNotFoundError: no such object, a directory, or no permission to see it.
+        EmptySlideError: the object has zero bytes.
     """
     fs, path = filesystem(uri, storage)
     try:
@@ -47,7 +48,9 @@ def object_size(uri: str, storage: "StorageConfig | None" = None) -> int:
         raise SlideNotFoundError(uri, f"access denied ({exc})", "check the credentials in the environment") from exc
     if info.get("type") == "directory":
         raise SlideNotFoundError(uri, "is a directory, not a slide", "point at a slide file or list it with `wsiscale manifest`")
-    return int(info.get("size") or 0)
+    if not info.get("size"):
+        raise EmptySlideError(uri, "object has zero bytes", "the slide was not written, copied or uploaded completely; copy it again")
+    return info
 
 
 class StagingCache:
@@ -77,27 +80,21 @@ class StagingCache:
         suffix = "".join(PurePosixPath(uri).suffixes[-2:])[:16]
         return self.root / f"{digest}{suffix}"
 
-    def fetch(self, uri: str, storage: "StorageConfig | None" = None) -> Path:
+    def fetch(self, uri: str, storage: "StorageConfig | None" = None, info: dict | None = None) -> Path:
         """A local path holding the object at ``uri`` (local files are returned in place).
+
+        Args:
+            info: the object's :func:`object_info` when the caller already has it (saves a request).
 
         Raises:
             SlideNotFoundError, EmptySlideError: the object is missing or has zero bytes.
         """
         uri = normalize_uri(uri)
+        info = info if info is not None else object_info(uri, storage)
         if is_local(uri):
-            path = local_path(uri)
-            size = object_size(uri, storage)
-            if size == 0:
-                raise EmptySlideError(uri, "file has zero bytes", "the slide was not written or copied completely; copy it again")
-            return path
+            return local_path(uri)
         fs, rpath = filesystem(uri, storage)
-        try:
-            info = fs.info(rpath)
-        except FileNotFoundError as exc:
-            raise SlideNotFoundError(uri, "no such object", "check the URI and that your credentials can list it") from exc
-        size = int(info.get("size") or 0)
-        if size == 0:
-            raise EmptySlideError(uri, "object has zero bytes", "the upload did not complete; upload the slide again")
+        size = int(info["size"])
         etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified") or "")
         target = self._key(uri, size, etag)
         if target.exists() and target.stat().st_size == size:
