@@ -101,7 +101,7 @@ def _downsample_level(src: np.ndarray, shape: tuple[int, int], factor: int, work
     for y in range(0, h * factor, step):
         part = np.asarray(src[y : min(y + step, h * factor), : w * factor])
         dst[y // factor : y // factor + part.shape[0] // factor] = _box_downsample(part, factor)
-    _release(src)
+        _release(src)  # per strip: reading a disk-backed source would otherwise map all of it
     _release(dst)
     return dst
 
