@@ -86,3 +86,25 @@ def test_box_fractions_by_hand():
     fr = mask.box_fractions(np.array([0, 20, 0, 5]), np.array([0, 0, 20, 0]), 20.0)
     # The last box [5, 25) spans mask columns 0..2 (outward rounding): 3 x 2 = 6 px, 3 on tissue.
     assert fr.tolist() == pytest.approx([0.75, 0.0, 0.0, 0.5])
+
+
+def test_fast_morphology_equals_scipy_reference():
+    """The OpenCV morphology gives exactly the Euclidean-disk sets of the scipy EDT definitions."""
+    from scipy import ndimage
+
+    from wsiscale.io import tissue as T
+
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        m = ndimage.uniform_filter(rng.random((200, 260)), 9) > 0.5
+        for r in (3.5, 20.3):  # disk kernel path and distance-transform path
+            assert np.array_equal(T._dilate(m, r), ndimage.distance_transform_edt(~m) <= r)
+            pad = np.pad(m, 1, constant_values=True)
+            assert np.array_equal(T._erode(m, r), (ndimage.distance_transform_edt(pad) > r)[1:-1, 1:-1])
+        assert np.array_equal(T._holes(m), ndimage.binary_fill_holes(m) & ~m)
+        lab, n = ndimage.label(m)
+        sizes = ndimage.sum_labels(m, lab, np.arange(1, n + 1))
+        assert np.array_equal(T._area_filter(m, 30), np.r_[False, sizes >= 30][lab])
+        ink = np.zeros_like(m)
+        ink[50:60, 40:200] = True
+        assert np.array_equal(T._closing_near(m, ink, 6.0), T._closing(m, 6.0) & ink)

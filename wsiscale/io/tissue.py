@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from wsiscale.config import TissueConfig
 
@@ -74,17 +74,9 @@ class TissueMask:
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``[h, w, 3]`` uint8 -> hue in degrees [0, 360), saturation and value in [0, 1]."""
-    f = rgb.astype(np.float32) / 255.0
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    mx = f.max(axis=-1)
-    mn = f.min(axis=-1)
-    delta = mx - mn
-    s = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    safe = np.maximum(delta, 1e-6)
-    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    h = np.where(delta > 0, h * 60.0, 0.0)
-    return h.astype(np.float32), s.astype(np.float32), mx.astype(np.float32)
+    """``[h, w, 3]`` uint8 -> hue in degrees [0, 360), saturation and value in [0, 1] (float32, OpenCV)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb).astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_RGB2HSV)
+    return hsv[..., 0], hsv[..., 1], hsv[..., 2]
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -103,40 +95,90 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def ink_mask(rgb: np.ndarray) -> np.ndarray:
-    """``[h, w]`` bool: blue/green/black marker ink."""
-    h, s, v = rgb_to_hsv(rgb)
+def ink_mask(rgb: np.ndarray, hsv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``[h, w]`` bool: blue/green/black marker ink (``hsv``: precomputed :func:`rgb_to_hsv`)."""
+    h, s, v = hsv if hsv is not None else rgb_to_hsv(rgb)
     coloured = (s > 0.15) & (h >= 60.0) & (h <= 250.0)
     black = v < 0.3
     return coloured | black
 
 
+#: Up to this radius (pixels) morphology uses OpenCV with a disk structuring element; above it an exact
+#: Euclidean distance transform (both give the same sets).
+_SMALL_RADIUS = 12.0
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(np.floor(radius))
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    return xx * xx + yy * yy <= radius * radius
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Exact Euclidean distance of every pixel to the nearest True pixel of ``mask`` (float32)."""
+    return cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Binary dilation by a disk of ``radius`` pixels (exact Euclidean, O(N))."""
+    """Binary dilation by a Euclidean disk of ``radius`` pixels."""
     if radius <= 0 or not mask.any():
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask) <= radius
+    if radius <= _SMALL_RADIUS:  # same set as the distance transform below
+        return cv2.dilate(mask.view(np.uint8), _disk(radius).view(np.uint8)).view(bool)
+    return _distance_to(mask) <= radius
 
 
 def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Binary erosion by a Euclidean disk; the image border is not an edge of tissue."""
     if radius <= 0:
         return mask.copy()
-    padded = np.pad(mask, 1, constant_values=True)  # the image border is not an edge of tissue
-    return (ndimage.distance_transform_edt(padded) > radius)[1:-1, 1:-1]
+    if radius <= _SMALL_RADIUS:  # OpenCV's default border never erodes, like the padding below
+        return cv2.erode(mask.view(np.uint8), _disk(radius).view(np.uint8)).view(bool)
+    padded = np.pad(mask, 1, constant_values=True)
+    return (_distance_to(~padded) > radius)[1:-1, 1:-1]
 
 
 def _closing(mask: np.ndarray, radius: float) -> np.ndarray:
     return _erode(_dilate(mask, radius), radius)
 
 
+def _closing_near(mask: np.ndarray, where: np.ndarray, radius: float) -> np.ndarray:
+    """:func:`_closing` of ``mask``, exact on the pixels of ``where`` (False elsewhere).
+
+    A closing by radius r at a pixel depends only on the mask within 2r of it,
+    so it is computed on the bounding box of ``where`` grown by 2r + 1 (pen
+    marks cover a small part of a slide; this keeps the large-radius EDTs small).
+    """
+    rows = np.flatnonzero(where.any(axis=1))
+    cols = np.flatnonzero(where.any(axis=0))
+    out = np.zeros_like(mask)
+    if rows.size == 0:
+        return out
+    m = int(np.ceil(2 * radius)) + 1
+    y0, y1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, mask.shape[0])
+    x0, x1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, mask.shape[1])
+    out[y0:y1, x0:x1] = _closing(mask[y0:y1, x0:x1], radius)
+    return out & where
+
+
 def _area_filter(mask: np.ndarray, min_px: float) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = sizes >= min_px
+    """Keep the 4-connected components of ``mask`` with at least ``min_px`` pixels."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=4)
+    if n <= 1:
+        return mask.copy()
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
     return keep[lab]
+
+
+def _holes(mask: np.ndarray) -> np.ndarray:
+    """Background pixels not 4-connected to the image border (what ``binary_fill_holes`` fills)."""
+    n, lab = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4)
+    outside = np.zeros(n, bool)
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the mask itself
+    return ~outside[lab]
 
 
 def detect_tissue(rgb: np.ndarray, mpp: float, cfg: TissueConfig | None = None, downsample: float = 1.0) -> TissueMask:
@@ -164,10 +206,11 @@ def detect_tissue(rgb: np.ndarray, mpp: float, cfg: TissueConfig | None = None, 
     weak = (s >= cfg.min_saturation) & stain_hue
     ink = np.zeros_like(weak)
     if cfg.remove_pen:
-        ink = _dilate(ink_mask(rgb), 3)
+        ink = _dilate(ink_mask(rgb, (hue, s, v)), 3)
         strong &= ~ink
         weak &= ~ink
-    lab, n = ndimage.label(weak)
+    n, lab = cv2.connectedComponents(weak.view(np.uint8), connectivity=4)
+    n -= 1
     if n:
         seeded = np.zeros(n + 1, bool)
         seeded[np.unique(lab[strong])] = True
@@ -179,9 +222,9 @@ def detect_tissue(rgb: np.ndarray, mpp: float, cfg: TissueConfig | None = None, 
     if cfg.closing_um > 0:
         mask = _closing(mask, cfg.closing_um / mpp)
     if cfg.remove_pen and ink.any() and cfg.pen_fill_um > 0:
-        mask |= ink & _closing(mask, cfg.pen_fill_um / mpp)
+        mask |= ink & _closing_near(mask, ink, cfg.pen_fill_um / mpp)
     if cfg.max_hole_um2 > 0:
-        holes = ndimage.binary_fill_holes(mask) & ~mask
+        holes = _holes(mask)
         mask |= holes & ~_area_filter(holes, cfg.max_hole_um2 / px_area)
     if cfg.min_object_um2 > 0:
         mask = _area_filter(mask, cfg.min_object_um2 / px_area)
