@@ -1,4 +1,4 @@
-"""``wsiscale`` command line: ``info``, ``synth``, ``demo``, ``config``.
+"""``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -86,6 +86,61 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    from wsiscale.io.manifest import ManifestError, build_manifest
+    from wsiscale.io.uri import join_uri, normalize_uri
+
+    cfg = _load(args)
+    out = args.out or join_uri(cfg.output, "manifest.parquet")
+    try:
+        table, stats = build_manifest(args.prefix, out=out, storage=cfg.storage, pattern=args.pattern,
+                                      labels=args.labels, label_key=args.label_key)
+    except ManifestError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    total = sum(table.column("size_bytes").to_pylist())
+    console.print(f"{stats['slides']} slides ({total / 2**30:.2f} GiB) listed under {args.prefix} -> [bold]{normalize_uri(out)}[/bold]",
+                  highlight=False)
+    if args.labels:
+        console.print(f"{stats['labelled']} slides labelled from {args.labels}; "
+                      f"{stats['n_unmatched_labels']} label rows matched no slide"
+                      + (f" (e.g. {', '.join(map(str, stats['unmatched_labels'][:5]))})" if stats["unmatched_labels"] else ""),
+                      highlight=False)
+    return 0
+
+
+def print_tiling_summary(summary: dict) -> None:
+    """Rich table of a tiling run summary (see :func:`wsiscale.data.tiling.run_tiling`)."""
+    s, t = summary["slides"], summary["tiles"]
+    table = Table(title=f"tiling run {summary['run']}", show_header=False)
+    table.add_row("slides", f"{s['done']} / {s['total']} done ({s['done_this_run']} this run, "
+                  f"{s['skipped_already_done']} already done), {s['failed']} failed, {s['pending']} pending")
+    table.add_row("tiles", f"{t['total']:,} ({t['this_run']:,} this run, pixels: {summary['pixels']})")
+    table.add_row("throughput", f"{summary['tiles_per_s']:,.0f} tiles/s, {summary['slides_per_s']:.2f} slides/s "
+                  f"over {summary['seconds']:.1f} s")
+    console.print(table)
+    if summary["failures"]:
+        ft = Table(title=f"{s['failed']} failed slides (all in failures.parquet)")
+        for col in ("slide", "error", "message"):
+            ft.add_column(col, overflow="fold")
+        for f in summary["failures"][:20]:
+            ft.add_row(f["slide_id"], f["error_type"], f["message"])
+        console.print(ft)
+
+
+def _tile(args: argparse.Namespace) -> int:
+    from wsiscale.data.tiling import run_tiling
+
+    cfg = _load(args)
+    if args.pixels:
+        cfg.ingest.pixels = args.pixels
+    summary = run_tiling(cfg, manifest=args.manifest, out=args.out)
+    print_tiling_summary(summary)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0 if summary["slides"]["pending"] == 0 and not summary["interrupted"] else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from wsiscale.demo import run_demo
 
@@ -119,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     _common(p)
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("manifest", help="list the slides under a prefix (s3://, gs://, file://, globs) into a manifest Parquet")
+    p.add_argument("prefix", help="e.g. s3://bucket/cohort/ or 's3://bucket/**/*.svs' or a local directory")
+    p.add_argument("--out", help="manifest URI (default: <output>/manifest.parquet)")
+    p.add_argument("--pattern", help="extra glob relative to the prefix, e.g. 'TCGA-*/*.svs'")
+    p.add_argument("--labels", help="CSV/Parquet of labels to join (by slide_id, uri or filename)")
+    p.add_argument("--label-key", help="key column of the labels file")
+    _common(p)
+    p.set_defaults(func=_manifest)
+
+    p = sub.add_parser("tile", help="tile every slide of a manifest on a Ray CPU actor pool (resumable)")
+    p.add_argument("--manifest", help="manifest URI (default: ingest.manifest or <output>/manifest.parquet)")
+    p.add_argument("--out", help="run directory (default: <output>/tiles)")
+    p.add_argument("--pixels", choices=["none", "jpeg", "raw"], help="override ingest.pixels")
+    p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
+    _common(p)
+    p.set_defaults(func=_tile)
 
     p = sub.add_parser("demo", help="end-to-end demo on a generated cohort with a local Ray")
     p.add_argument("--out", default="wsiscale-demo", help="output directory (default: ./wsiscale-demo)")

@@ -95,6 +95,32 @@ class TilingConfig(_Section):
         return self.stride or self.tile_size
 
 
+class IngestConfig(_Section):
+    """The tiling job (``wsiscale tile``): what is written and the CPU actor pool that writes it."""
+
+    manifest: str | None = Field(None, description="slide manifest URI (Parquet/CSV); None = <output>/manifest.parquet")
+    pixels: Literal["none", "jpeg", "raw"] = Field(
+        "jpeg", description="tile pixels stored: none (coordinates only, for fused read+embed), jpeg bytes or raw uint8"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    batch_tiles: int = Field(256, ge=1, description="tiles read and written per batch (bounds actor memory)")
+    shard_mb: float = Field(100.0, gt=0, description="target size of a tile Parquet shard")
+    actors: tuple[int, int | None] = Field((1, None), description="(min, max) tiling actors; max None = all CPUs / cpus_per_actor")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    memory_gb_per_actor: float = Field(2.0, gt=0, description="Ray memory reservation per actor (peak is ~1 GiB on 50k px slides)")
+    tasks_in_flight_per_actor: int = Field(2, ge=1, description="slides queued per actor (keeps actors busy between slides)")
+    max_blocks: int = Field(20000, ge=1, description="manifest blocks; above this many slides a task tiles several slides")
+    retry_failed: bool = Field(True, description="a rerun retries slides that failed before (completed ones are skipped)")
+    ray_progress: bool = Field(True, description="show Ray Data's operator progress bars as well as the summary")
+
+    @model_validator(mode="after")
+    def _actor_range(self) -> "IngestConfig":
+        lo, hi = self.actors
+        if lo < 1 or (hi is not None and hi < lo):
+            raise ValueError(f"actors must be (min >= 1, max >= min or null), got {self.actors}")
+        return self
+
+
 class SynthConfig(_Section):
     """Synthetic cohort generator (tests, demo, benchmarks)."""
 
@@ -235,6 +261,7 @@ class WsiscaleConfig(_Section):
     reader: ReaderConfig = Field(default_factory=ReaderConfig)
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

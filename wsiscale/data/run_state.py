@@ -1,0 +1,221 @@
+"""Per-slide completion and failure records of a batch run, and the output layout.
+
+Layout of a run directory (any URI)::
+
+    <run>/wsiscale.config.yaml          resolved config
+    <run>/tiles/<name>/<attempt>-00000.parquet   shards of one slide
+    <run>/_state/done/<name>.json       written last, atomically: the slide is complete
+    <run>/_state/failed/<name>.json     the slide failed (uri, error type, message)
+    <run>/slides.parquet                one row per completed slide (consolidated)
+    <run>/failures.parquet              one row per failed slide (consolidated)
+    <run>/run_summary.json              machine-readable summary of the last run
+
+``<name>`` is the slide id made safe for file names (:func:`safe_name`).
+A slide counts as complete only when its done record exists; the record
+lists the exact shards of the attempt that completed, so a retried or
+interrupted attempt can never add or duplicate rows. Files of other
+attempts are deleted after the record is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wsiscale.data.shards import remove_uris
+from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from wsiscale.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+
+
+def safe_name(slide_id: str) -> str:
+    """A file-name-safe, unique name for a slide id (unchanged when already safe)."""
+    if _SAFE.match(slide_id):
+        return slide_id
+    digest = hashlib.sha1(slide_id.encode()).hexdigest()[:10]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id).strip("._-")[:100] or "slide"
+    return f"{cleaned}-{digest}"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+class RunState:
+    """Records of one run directory (see the module docstring for the layout)."""
+
+    def __init__(self, run_uri: str, storage: "StorageConfig | None" = None) -> None:
+        self.uri = normalize_uri(run_uri)
+        self.storage = storage
+
+    # -- paths ---------------------------------------------------------------------------
+    def slide_dir(self, name: str) -> str:
+        return join_uri(self.uri, "tiles", name)
+
+    def record_uri(self, kind: str, name: str) -> str:
+        return join_uri(self.uri, "_state", kind, f"{name}.json")
+
+    def relative(self, uri: str) -> str:
+        """``uri`` relative to the run directory (records store relative paths so runs can move)."""
+        return uri[len(self.uri) :].lstrip("/") if uri.startswith(self.uri) else uri
+
+    def absolute(self, rel: str) -> str:
+        return rel if "://" in rel else join_uri(self.uri, rel)
+
+    # -- listing -------------------------------------------------------------------------
+    def _names(self, kind: str) -> set[str]:
+        fs, path = filesystem(join_uri(self.uri, "_state", kind), self.storage)
+        fs.invalidate_cache(path)
+        try:
+            entries = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {e.rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json")}
+
+    def completed(self) -> set[str]:
+        """Names of slides with a done record."""
+        return self._names("done")
+
+    def failed(self) -> set[str]:
+        """Names of slides with a failure record."""
+        return self._names("failed")
+
+    def slide_files(self, name: str) -> list[str]:
+        """URIs of every file currently in a slide's tile directory."""
+        directory = self.slide_dir(name)
+        fs, path = filesystem(directory, self.storage)
+        fs.invalidate_cache(path)
+        try:
+            entries = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return [join_uri(directory, e.rsplit("/", 1)[-1]) for e in entries]
+
+    # -- records -------------------------------------------------------------------------
+    def _write(self, kind: str, name: str, record: dict[str, Any]) -> None:
+        write_bytes_atomic(self.record_uri(kind, name), json.dumps(record, indent=1, default=str).encode(), self.storage)
+
+    def write_done(self, name: str, record: dict[str, Any]) -> None:
+        """Mark a slide complete (atomic), then delete its stale files and failure record."""
+        self._write("done", name, record)
+        keep = {self.absolute(s["path"]) for s in record.get("shards", [])}
+        stale = [u for u in self.slide_files(name) if u not in keep]
+        if stale:
+            log.info("%s: removing %d files of earlier attempts", name, len(stale))
+            remove_uris(stale, self.storage)
+        remove_uris([self.record_uri("failed", name)], self.storage)
+
+    def write_failure(self, name: str, record: dict[str, Any]) -> None:
+        """Record a failed slide and delete any tile files it left behind."""
+        remove_uris(self.slide_files(name), self.storage)
+        self._write("failed", name, record)
+
+    def read_records(self, kind: str, names: set[str] | list[str]) -> list[dict[str, Any]]:
+        """Read the records of ``names`` (concurrent fetches on object stores)."""
+        names = sorted(names)
+        if not names:
+            return []
+        uris = [self.record_uri(kind, n) for n in names]
+        fs, _ = filesystem(uris[0], self.storage)
+        paths = [filesystem(u, self.storage)[1] for u in uris]
+        blobs = fs.cat(paths, on_error="omit")
+        return [json.loads(blobs[p]) for p in paths if p in blobs]
+
+    # -- consolidated tables ---------------------------------------------------------------
+    def read_table(self, name: str) -> pa.Table | None:
+        uri = join_uri(self.uri, name)
+        fs, path = filesystem(uri, self.storage)
+        try:
+            with fs.open(path, "rb") as fh:
+                return pq.read_table(fh)
+        except FileNotFoundError:
+            return None
+
+    def consolidate(self, new_records: list[dict[str, Any]] | None = None) -> tuple[pa.Table, pa.Table]:
+        """Rewrite ``slides.parquet`` and ``failures.parquet`` from the records on storage.
+
+        Done records already in the previous ``slides.parquet`` or passed in
+        ``new_records`` (what this run's driver received) are not fetched again,
+        so consolidating a million-slide run costs only a listing.
+        """
+        done = self.completed()
+        known: dict[str, dict[str, Any]] = {}
+        previous = self.read_table("slides.parquet")
+        if previous is not None:
+            for row in previous.to_pylist():
+                row["shards"] = json.loads(row["shards"])
+                known[row["name"]] = row
+        for rec in new_records or []:
+            if rec.get("status") == "done":
+                known[rec["name"]] = rec
+        missing = done - set(known)
+        for rec in self.read_records("done", missing):
+            known[rec["name"]] = rec
+        rows = [known[n] for n in sorted(done) if n in known]
+        slides = slides_table(rows)
+        failures = failures_table(self.read_records("failed", self.failed()))
+        write_bytes_atomic(join_uri(self.uri, "slides.parquet"), _parquet_bytes(slides), self.storage)
+        write_bytes_atomic(join_uri(self.uri, "failures.parquet"), _parquet_bytes(failures), self.storage)
+        return slides, failures
+
+
+SLIDE_COLUMNS = {
+    "slide_id": pa.string(),
+    "name": pa.string(),
+    "uri": pa.string(),
+    "tiles": pa.int64(),
+    "level": pa.int16(),
+    "read_size": pa.int32(),
+    "tile_size": pa.int32(),
+    "mpp": pa.float64(),
+    "slide_mpp": pa.float64(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "tissue_fraction": pa.float64(),
+    "backend": pa.string(),
+    "pixels": pa.string(),
+    "seconds": pa.float64(),
+    "attempt": pa.string(),
+    "finished_at": pa.string(),
+    "shards": pa.string(),
+}
+
+FAILURE_COLUMNS = {
+    "slide_id": pa.string(),
+    "name": pa.string(),
+    "uri": pa.string(),
+    "error_type": pa.string(),
+    "message": pa.string(),
+    "seconds": pa.float64(),
+    "attempt": pa.string(),
+    "failed_at": pa.string(),
+}
+
+
+def _table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
+    data = {c: [r.get(c) for r in rows] for c in columns}
+    return pa.table({c: pa.array(v, t) for (c, t), v in zip(columns.items(), data.values())})
+
+
+def slides_table(records: list[dict[str, Any]]) -> pa.Table:
+    """One row per completed slide (``shards`` as a JSON list of ``{path, rows, bytes}``)."""
+    rows = [r | {"shards": json.dumps(r.get("shards", []))} for r in records]
+    return _table(rows, SLIDE_COLUMNS)
+
+
+def failures_table(records: list[dict[str, Any]]) -> pa.Table:
+    """One row per failed slide: uri, error type, message."""
+    return _table(sorted(records, key=lambda r: r.get("slide_id") or ""), FAILURE_COLUMNS)

@@ -1,0 +1,142 @@
+"""Size-bounded Parquet shards written atomically to any URI.
+
+:class:`ShardWriter` appends Arrow tables (one row group each) to a local
+temporary file and rolls over to a new shard once ``target_bytes`` are
+written. A finished shard becomes visible in one step: ``os.replace`` for
+``file://`` destinations, a single (multipart) upload for object stores, so a
+reader never sees half a shard. Shards of an aborted writer are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wsiscale.io.uri import filesystem, is_local, join_uri, local_path
+
+if TYPE_CHECKING:
+    from wsiscale.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A committed shard: its URI, rows and bytes."""
+
+    uri: str
+    rows: int
+    bytes: int
+
+
+class ShardWriter:
+    """Write tables to ``<directory>/<prefix>-00000.parquet``, ``-00001``... of about ``target_bytes`` each.
+
+    Args:
+        directory: destination directory URI.
+        prefix: shard file name prefix (make it unique per writer attempt).
+        schema: Arrow schema of every table written.
+        target_bytes: roll to a new shard once a shard reaches this size.
+        storage: object-storage options.
+        compression: Parquet compression per column name (others use ``zstd``).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        prefix: str,
+        schema: pa.Schema,
+        target_bytes: int = 100 * 2**20,
+        storage: "StorageConfig | None" = None,
+        compression: dict[str, str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.schema = schema
+        self.target_bytes = int(target_bytes)
+        self.storage = storage
+        self._compression = {f.name: "zstd" for f in schema} | (compression or {})
+        self._local = is_local(directory)
+        self._tmpdir = local_path(directory) if self._local else Path(tempfile.gettempdir()) / "wsiscale-shards"
+        self._tmpdir.mkdir(parents=True, exist_ok=True)
+        self._index = 0
+        self._tmp: Path | None = None
+        self._sink: pa.OSFile | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+        self.committed: list[ShardInfo] = []
+
+    def _open(self) -> None:
+        self._tmp = self._tmpdir / f".{self.prefix}-{self._index:05d}.{uuid.uuid4().hex[:8]}.part"
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression=self._compression, use_dictionary=["slide_id"])
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` as one row group; roll over when the shard reaches the target size."""
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._open()
+        assert self._writer is not None and self._sink is not None
+        self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+        self._rows += table.num_rows
+        if self._sink.tell() >= self.target_bytes:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        assert self._writer is not None and self._tmp is not None
+        self._writer.close()
+        self._sink.close()  # type: ignore[union-attr]
+        size = self._tmp.stat().st_size
+        name = f"{self.prefix}-{self._index:05d}.parquet"
+        uri = join_uri(self.directory, name)
+        if self._local:
+            os.replace(self._tmp, local_path(uri))
+        else:
+            fs, path = filesystem(uri, self.storage)
+            try:
+                fs.put_file(str(self._tmp), path)
+            finally:
+                self._tmp.unlink(missing_ok=True)
+        self.committed.append(ShardInfo(uri, self._rows, size))
+        self._writer = self._sink = self._tmp = None
+        self._index += 1
+
+    def close(self) -> list[ShardInfo]:
+        """Commit the last shard; returns every committed shard."""
+        if self._writer is not None:
+            self._finish_shard()
+        return list(self.committed)
+
+    def abort(self) -> None:
+        """Drop the open shard and delete every shard this writer committed."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+                self._sink.close()  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - best effort while cleaning up
+                pass
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+            self._writer = self._sink = self._tmp = None
+        remove_uris([s.uri for s in self.committed], self.storage)
+        self.committed.clear()
+
+
+def remove_uris(uris: list[str], storage: "StorageConfig | None" = None) -> None:
+    """Delete files/objects (missing ones are ignored)."""
+    for uri in uris:
+        fs, path = filesystem(uri, storage)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,386 @@
+"""Tile slide archives with Ray Data on an autoscaling CPU actor pool.
+
+Pipeline (``wsiscale tile``, :func:`run_tiling`)::
+
+    manifest rows (uri, slide_id, mpp) --Ray Data, one task per slide-->
+    SlideTilerUDF on ActorPoolStrategy(min, max): open the slide once, detect
+    tissue, plan the grid, read tiles in bounded batches and append them to
+    size-bounded Parquet shards; write the slide's done record last
+    --> one small record per slide back to the driver (progress, summary).
+
+Slide bytes never pass through Ray: actors read them from storage (cuCIM or
+OpenSlide through the node's staging cache, or tiffslide directly). Tile
+pixels go straight from the actor to the output shards, so the driver only
+sees per-slide records. A failing slide is recorded (uri, error type,
+message) and the run goes on; a rerun skips completed slides; a retried
+attempt can neither lose nor duplicate tiles (see :mod:`wsiscale.data.run_state`).
+
+:func:`tile_stream` is the same reader as a streaming dataset of in-memory
+tile batches, for pipelines that read and embed in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from wsiscale.config import WsiscaleConfig, save_config
+from wsiscale.data.run_state import RunState, safe_name
+from wsiscale.data.shards import ShardWriter
+from wsiscale.data.tiles import iter_tile_arrays, iter_tile_tables, tile_schema
+from wsiscale.io.errors import SlideError
+from wsiscale.io.manifest import read_manifest
+from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+#: Columns of the per-slide records streamed back to the driver (``record``: the whole record as JSON).
+RECORD_FIELDS = ("name", "slide_id", "uri", "status", "tiles", "seconds", "error_type", "message", "record")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _mpp_value(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _describe_error(exc: BaseException, uri: str) -> str:
+    if isinstance(exc, SlideError):
+        return str(exc)
+    return (f"{uri}: unexpected {type(exc).__name__} while tiling: {exc} "
+            "(if the slide opens in another tool, try reader.backend=openslide and report this)")
+
+
+def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConfig, state: RunState) -> dict[str, Any]:
+    """Tile one slide into its shards and write its done (or failure) record.
+
+    Never raises for a bad slide or a storage error: the returned record has
+    ``status`` ``"failed"`` with the error type and a message naming the URI.
+    """
+    from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles
+
+    name = safe_name(slide_id)
+    attempt = uuid.uuid4().hex[:10]
+    t0 = time.perf_counter()
+    writer: ShardWriter | None = None
+    try:
+        with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
+                        cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
+            tissue = detect_slide_tissue(slide, cfg.tissue)
+            plan = plan_tiles(slide, cfg.tiling, tissue)
+            ing = cfg.ingest
+            writer = ShardWriter(state.slide_dir(name), attempt, tile_schema(ing.pixels), int(ing.shard_mb * 2**20),
+                                 cfg.storage, compression={"image": "none"})
+            for table in iter_tile_tables(slide, plan, slide_id, ing.batch_tiles, ing.pixels, ing.jpeg_quality):
+                writer.write(table)
+            shards = writer.close()
+            record = {
+                "status": "done",
+                "slide_id": slide_id,
+                "name": name,
+                "uri": uri,
+                "tiles": len(plan),
+                "level": plan.level,
+                "read_size": plan.read_size,
+                "tile_size": plan.tile_size,
+                "mpp": plan.effective_mpp,
+                "slide_mpp": float(np.mean(slide.mpp)),
+                "width": slide.dimensions[0],
+                "height": slide.dimensions[1],
+                "tissue_fraction": tissue.fraction,
+                "backend": slide.backend,
+                "pixels": ing.pixels,
+                "shards": [{"path": state.relative(s.uri), "rows": s.rows, "bytes": s.bytes} for s in shards],
+                "attempt": attempt,
+                "host": socket.gethostname(),
+                "seconds": time.perf_counter() - t0,
+                "finished_at": _now(),
+            }
+            state.write_done(name, record)
+            return record
+    except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the batch
+        if writer is not None:
+            writer.abort()
+        message = _describe_error(exc, uri)
+        if isinstance(exc, SlideError):
+            log.warning("%s", message)
+        else:
+            log.warning("%s\n%s", message, traceback.format_exc())
+        record = {
+            "status": "failed",
+            "slide_id": slide_id,
+            "name": name,
+            "uri": uri,
+            "error_type": type(exc).__name__,
+            "message": message,
+            "attempt": attempt,
+            "seconds": time.perf_counter() - t0,
+            "failed_at": _now(),
+        }
+        try:
+            state.write_failure(name, record)
+        except Exception as exc2:  # noqa: BLE001 - storage down: the driver still gets the record
+            log.error("%s: could not write the failure record: %s", uri, exc2)
+        return record
+
+
+def _limit_threads(cpus: float) -> None:
+    """Keep native thread pools within the actor's CPU reservation."""
+    import cv2
+
+    n = max(1, int(cpus))
+    cv2.setNumThreads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except Exception:  # noqa: BLE001 - optional
+        pass
+
+
+class SlideTilerUDF:
+    """Ray Data ``map_batches`` callable class: tiles each slide of a batch, returns its record.
+
+    One instance per actor; it keeps no slide open between calls.
+    """
+
+    def __init__(self, cfg: WsiscaleConfig, run_uri: str) -> None:
+        import wsiscale  # noqa: F401 - cuCIM before anything that could import torch
+
+        self.cfg = cfg
+        self.state = RunState(run_uri, cfg.storage)
+        _limit_threads(cfg.ingest.cpus_per_actor)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in RECORD_FIELDS}
+        mpps = batch.get("mpp")
+        for i, (uri, slide_id) in enumerate(zip(batch["uri"], batch["slide_id"])):
+            mpp = _mpp_value(mpps[i]) if mpps is not None else None
+            rec = tile_one_slide(str(uri), str(slide_id), mpp, self.cfg, self.state)
+            rec["record"] = json.dumps(rec, default=str)
+            for k in RECORD_FIELDS:
+                out[k].append(rec.get(k))
+        return out
+
+
+class SlideTileStreamUDF:
+    """Ray Data ``map_batches`` callable class yielding in-memory tile batches of each slide.
+
+    Output batches: coordinate columns (see :mod:`wsiscale.data.tiles`) and
+    ``image`` ``[n, tile_size, tile_size, 3]`` uint8. Bad slides yield nothing;
+    with ``run_uri`` their failure records are written there.
+    """
+
+    def __init__(self, cfg: WsiscaleConfig, run_uri: str | None = None) -> None:
+        import wsiscale  # noqa: F401
+
+        self.cfg = cfg
+        self.state = RunState(run_uri, cfg.storage) if run_uri else None
+        _limit_threads(cfg.ingest.cpus_per_actor)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles
+
+        cfg = self.cfg
+        mpps = batch.get("mpp")
+        for i, (uri, slide_id) in enumerate(zip(batch["uri"], batch["slide_id"])):
+            uri, slide_id = str(uri), str(slide_id)
+            mpp = _mpp_value(mpps[i]) if mpps is not None else None
+            try:
+                with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
+                                cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
+                    plan = plan_tiles(slide, cfg.tiling, detect_slide_tissue(slide, cfg.tissue))
+                    yield from iter_tile_arrays(slide, plan, slide_id, cfg.ingest.batch_tiles)
+            except Exception as exc:  # noqa: BLE001
+                message = _describe_error(exc, uri)
+                log.warning("%s", message)
+                if self.state is not None:
+                    self.state.write_failure(safe_name(slide_id), {
+                        "status": "failed", "slide_id": slide_id, "name": safe_name(slide_id), "uri": uri,
+                        "error_type": type(exc).__name__, "message": message, "failed_at": _now()})
+
+
+def _manifest_blocks(table: pa.Table, max_blocks: int) -> list[pa.Table]:
+    """Split the manifest into at most ``max_blocks`` blocks (one slide per block when possible)."""
+    cols = [c for c in ("uri", "slide_id", "mpp") if c in table.column_names]
+    table = table.select(cols)
+    n = table.num_rows
+    size = max(1, math.ceil(n / max(1, min(n, max_blocks))))
+    return [table.slice(i, size) for i in range(0, n, size)]
+
+
+def _pool_kwargs(cfg: WsiscaleConfig) -> dict[str, Any]:
+    from ray.data import ActorPoolStrategy
+
+    ing = cfg.ingest
+    lo, hi = ing.actors
+    return dict(
+        compute=ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=ing.tasks_in_flight_per_actor),
+        num_cpus=ing.cpus_per_actor,
+        memory=int(ing.memory_gb_per_actor * 2**30),
+    )
+
+
+def tile_stream(manifest: pa.Table, cfg: WsiscaleConfig, run_uri: str | None = None) -> "ray.data.Dataset":
+    """A streaming Ray Dataset of the tiles of every slide in ``manifest`` (pixels in memory).
+
+    Use it to fuse tiling with a downstream stage (e.g. ``.map_batches(Embedder, ...)``)
+    without writing tiles: each slide is opened once on a tiling actor and its tiles
+    flow in batches of ``cfg.ingest.batch_tiles``.
+    """
+    import ray.data
+
+    ds = ray.data.from_arrow(_manifest_blocks(manifest, cfg.ingest.max_blocks))
+    return ds.map_batches(SlideTileStreamUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": run_uri},
+                          batch_size=1, **_pool_kwargs(cfg))
+
+
+def _configure_ray_data(show_progress: bool) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = show_progress
+    ctx.enable_operator_progress_bars = show_progress
+
+
+def run_tiling(
+    cfg: WsiscaleConfig,
+    manifest: str | None = None,
+    out: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Tile every slide of a manifest into ``out`` (resumable); returns the run summary.
+
+    Args:
+        cfg: configuration (``tiling``, ``tissue``, ``reader``, ``ingest``, ``storage``, ``ray``).
+        manifest: manifest URI; default ``cfg.ingest.manifest`` or ``<cfg.output>/manifest.parquet``.
+        out: run directory; default ``<cfg.output>/tiles``.
+        show_progress: live progress on the console.
+
+    The summary (also written to ``<out>/run_summary.json``) has counts of slides
+    (total, done, skipped as already done, failed), tiles, throughput and the failures.
+    """
+    from wsiscale.demo import start_ray
+    from wsiscale.progress import progress_bar
+
+    manifest_uri = normalize_uri(manifest or cfg.ingest.manifest or join_uri(cfg.output, "manifest.parquet"))
+    out_uri = normalize_uri(out or join_uri(cfg.output, "tiles"))
+    table = read_manifest(manifest_uri, cfg.storage)
+    state = RunState(out_uri, cfg.storage)
+    save_config(cfg, out_uri)
+
+    names = [safe_name(s) for s in table.column("slide_id").to_pylist()]
+    done_before = state.completed()
+    skip = done_before | (set() if cfg.ingest.retry_failed else state.failed())
+    todo_mask = pa.array([n not in skip for n in names])
+    todo = table.filter(todo_mask)
+    log.info("%d slides in %s: %d already complete, %d to tile -> %s", table.num_rows, manifest_uri,
+             len(done_before & set(names)), todo.num_rows, out_uri)
+
+    records: list[dict[str, Any]] = []
+    interrupted: str | None = None
+    if todo.num_rows:
+        import ray
+
+        started = start_ray(cfg)
+        t0 = time.perf_counter()  # throughput excludes starting a local Ray, includes starting actors
+        _configure_ray_data(show_progress and cfg.ingest.ray_progress)
+        try:
+            ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks))
+            ds = ds.map_batches(SlideTilerUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},
+                                batch_size=1, **_pool_kwargs(cfg))
+            tiles = failed = 0
+            with progress_bar() if show_progress else _null_progress() as bar:
+                task = bar.add_task("tiling", total=todo.num_rows) if bar is not None else None
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in batch.to_pylist():
+                        rec = json.loads(row["record"])
+                        records.append(rec)
+                        if rec["status"] == "done":
+                            tiles += rec["tiles"] or 0
+                        else:
+                            failed += 1
+                        if bar is not None:
+                            rate = tiles / max(time.perf_counter() - t0, 1e-9)
+                            bar.update(task, advance=1, description=(
+                                f"tiling: {len(records) - failed} done, {failed} failed, {tiles:,} tiles, {rate:,.0f} tiles/s"))
+        except BaseException as exc:  # still consolidate what finished, then re-raise
+            interrupted = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            seconds = time.perf_counter() - t0
+            summary = _finish(state, cfg, table, names, done_before, records, seconds, manifest_uri, interrupted)
+            if started:
+                ray.shutdown()
+    else:
+        summary = _finish(state, cfg, table, names, done_before, records, 0.0, manifest_uri, None)
+    return summary
+
+
+class _null_progress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _finish(state: RunState, cfg: WsiscaleConfig, table: pa.Table, names: list[str], done_before: set[str],
+            records: list[dict[str, Any]], seconds: float, manifest_uri: str, interrupted: str | None) -> dict[str, Any]:
+    """Consolidate records, write ``run_summary.json``; returns the summary."""
+    slides, failures = state.consolidate([r for r in records if r["status"] == "done"])
+    wanted = set(names)
+    slide_names = set(slides.column("name").to_pylist())
+    done_now = [r for r in records if r["status"] == "done"]
+    failed_names = set(failures.column("name").to_pylist()) & wanted
+    tiles_now = sum(r["tiles"] or 0 for r in done_now)
+    summary = {
+        "run": state.uri,
+        "manifest": manifest_uri,
+        "finished_at": _now(),
+        "interrupted": interrupted,
+        "slides": {
+            "total": len(names),
+            "done": len(slide_names & wanted),
+            "skipped_already_done": len(done_before & wanted),
+            "done_this_run": len(done_now),
+            "failed": len(failed_names),
+            "pending": len(wanted - slide_names - failed_names),
+        },
+        "tiles": {
+            "total": int(sum(t for n, t in zip(slides.column("name").to_pylist(), slides.column("tiles").to_pylist())
+                             if n in wanted)),
+            "this_run": tiles_now,
+        },
+        "seconds": seconds,
+        "tiles_per_s": tiles_now / seconds if seconds > 0 else 0.0,
+        "slides_per_s": len(records) / seconds if seconds > 0 else 0.0,
+        "pixels": cfg.ingest.pixels,
+        "tiling": cfg.tiling.model_dump(),
+        "actors": list(cfg.ingest.actors),
+        "failures": [
+            {"slide_id": r["slide_id"], "uri": r["uri"], "error_type": r["error_type"], "message": r["message"]}
+            for r in failures.to_pylist() if r["name"] in wanted
+        ][:100],
+    }
+    write_bytes_atomic(join_uri(state.uri, "run_summary.json"), json.dumps(summary, indent=1).encode(), state.storage)
+    return summary
