@@ -90,3 +90,30 @@ def s3_bucket(s3_endpoint, request):
     name = ("wsi-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()))[:48].strip("-") + "-" + uuid.uuid4().hex[:6]
     client.create_bucket(Bucket=name)
     return s3_endpoint, name, client
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """A real local Ray (2 CPUs) shared by the pipeline tests.
+
+    Started after the moto endpoint so workers inherit its (fake) credentials.
+    Yields the GCS address (for drivers started in subprocesses).
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    """Six generated 4096 x 4096 slides (two per label) and their manifest: ``(directory, manifest path)``."""
+    from wsiscale.config import SynthConfig
+    from wsiscale.synth.cohort import build_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    cfg = SynthConfig(n_slides=6, width=4096, height=4096, seed=3, pen_mark_probability=0.0)
+    return out, build_cohort(cfg, out, workers=2)

@@ -3,7 +3,7 @@
 Layout of a run directory (any URI)::
 
     <run>/wsiscale.config.yaml          resolved config
-    <run>/tiles/<name>/<attempt>-00000.parquet   shards of one slide
+    <run>/tiles/<name>/part-00000.parquet   shards of one slide
     <run>/_state/done/<name>.json       written last, atomically: the slide is complete
     <run>/_state/failed/<name>.json     the slide failed (uri, error type, message)
     <run>/slides.parquet                one row per completed slide (consolidated)
@@ -12,9 +12,13 @@ Layout of a run directory (any URI)::
 
 ``<name>`` is the slide id made safe for file names (:func:`safe_name`).
 A slide counts as complete only when its done record exists; the record
-lists the exact shards of the attempt that completed, so a retried or
-interrupted attempt can never add or duplicate rows. Files of other
-attempts are deleted after the record is written.
+lists its exact shards. Shard names and boundaries are deterministic (row
+counts, see :class:`~wsiscale.data.shards.ShardWriter`), so attempts at the
+same slide - a retry after an actor died, or two attempts racing - write the
+same files with the same rows and never delete each other's work: after the
+done record, only files that the record does not list are removed (left
+over from an interrupted attempt). Files of slides that end up failed are
+removed by the driver when it consolidates, when no attempt is running.
 """
 
 from __future__ import annotations
@@ -112,16 +116,26 @@ class RunState:
         """Mark a slide complete (atomic), then delete its stale files and failure record."""
         self._write("done", name, record)
         keep = {self.absolute(s["path"]) for s in record.get("shards", [])}
-        stale = [u for u in self.slide_files(name) if u not in keep]
+        stale = [u for u in self.visible_files(name) if u not in keep]
         if stale:
             log.info("%s: removing %d files of earlier attempts", name, len(stale))
             remove_uris(stale, self.storage)
         remove_uris([self.record_uri("failed", name)], self.storage)
 
     def write_failure(self, name: str, record: dict[str, Any]) -> None:
-        """Record a failed slide and delete any tile files it left behind."""
-        remove_uris(self.slide_files(name), self.storage)
+        """Record a failed slide (unless another attempt already completed it)."""
+        if self._exists(self.record_uri("done", name)):
+            return
         self._write("failed", name, record)
+
+    def _exists(self, uri: str) -> bool:
+        fs, path = filesystem(uri, self.storage)
+        fs.invalidate_cache(path)
+        return fs.exists(path)
+
+    def visible_files(self, name: str) -> list[str]:
+        """Shard files of a slide that directory globs would read (not hidden temporaries)."""
+        return [u for u in self.slide_files(name) if not u.rsplit("/", 1)[-1].startswith((".", "_"))]
 
     def read_records(self, kind: str, names: set[str] | list[str]) -> list[dict[str, Any]]:
         """Read the records of ``names`` (concurrent fetches on object stores)."""
@@ -166,7 +180,12 @@ class RunState:
             known[rec["name"]] = rec
         rows = [known[n] for n in sorted(done) if n in known]
         slides = slides_table(rows)
-        failures = failures_table(self.read_records("failed", self.failed()))
+        failed = self.failed()
+        resolved = failed & done  # a failed attempt raced a successful one: success wins
+        remove_uris([self.record_uri("failed", n) for n in resolved], self.storage)
+        for name in failed - done:  # shards a failed slide's attempts left behind
+            remove_uris(self.visible_files(name), self.storage)
+        failures = failures_table(self.read_records("failed", failed - done))
         write_bytes_atomic(join_uri(self.uri, "slides.parquet"), _parquet_bytes(slides), self.storage)
         write_bytes_atomic(join_uri(self.uri, "failures.parquet"), _parquet_bytes(failures), self.storage)
         return slides, failures

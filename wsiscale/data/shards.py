@@ -4,7 +4,8 @@
 temporary file and rolls over to a new shard once ``target_bytes`` are
 written. A finished shard becomes visible in one step: ``os.replace`` for
 ``file://`` destinations, a single (multipart) upload for object stores, so a
-reader never sees half a shard. Shards of an aborted writer are deleted.
+reader never sees half a shard. Temporary files are hidden (``.name.part``), so
+directory globs (pyarrow, pandas, duckdb ``*.parquet``) never pick them up.
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Write tables to ``<directory>/<prefix>-00000.parquet``, ``-00001``... of about ``target_bytes`` each.
+    """Write tables to ``<directory>/<prefix>-00000.parquet``, ``-00001``... of ``max_rows`` rows each.
 
     Args:
         directory: destination directory URI.
-        prefix: shard file name prefix (make it unique per writer attempt).
+        prefix: shard file name prefix.
         schema: Arrow schema of every table written.
-        target_bytes: roll to a new shard once a shard reaches this size.
+        max_rows: roll to a new shard once a shard has at least this many rows
+            (checked after each table, so shards end on table boundaries).
         storage: object-storage options.
         compression: Parquet compression per column name (others use ``zstd``).
+        blob_columns: large binary columns: no min/max statistics (computing them on
+            tile pixels costs more than writing them) and no dictionary.
     """
 
     def __init__(
@@ -54,16 +58,18 @@ class ShardWriter:
         directory: str,
         prefix: str,
         schema: pa.Schema,
-        target_bytes: int = 100 * 2**20,
+        max_rows: int = 1 << 20,
         storage: "StorageConfig | None" = None,
         compression: dict[str, str] | None = None,
+        blob_columns: tuple[str, ...] = ("image",),
     ) -> None:
         self.directory = directory
         self.prefix = prefix
         self.schema = schema
-        self.target_bytes = int(target_bytes)
+        self.max_rows = int(max_rows)
         self.storage = storage
         self._compression = {f.name: "zstd" for f in schema} | (compression or {})
+        self._stats = [f.name for f in schema if f.name not in blob_columns]
         self._local = is_local(directory)
         self._tmpdir = local_path(directory) if self._local else Path(tempfile.gettempdir()) / "wsiscale-shards"
         self._tmpdir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,8 @@ class ShardWriter:
     def _open(self) -> None:
         self._tmp = self._tmpdir / f".{self.prefix}-{self._index:05d}.{uuid.uuid4().hex[:8]}.part"
         self._sink = pa.OSFile(str(self._tmp), "wb")
-        self._writer = pq.ParquetWriter(self._sink, self.schema, compression=self._compression, use_dictionary=["slide_id"])
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression=self._compression,
+                                           use_dictionary=["slide_id"], write_statistics=self._stats)
         self._rows = 0
 
     def write(self, table: pa.Table) -> None:
@@ -89,7 +96,7 @@ class ShardWriter:
         assert self._writer is not None and self._sink is not None
         self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
         self._rows += table.num_rows
-        if self._sink.tell() >= self.target_bytes:
+        if self._rows >= self.max_rows:
             self._finish_shard()
 
     def _finish_shard(self) -> None:
@@ -117,8 +124,8 @@ class ShardWriter:
             self._finish_shard()
         return list(self.committed)
 
-    def abort(self) -> None:
-        """Drop the open shard and delete every shard this writer committed."""
+    def abort(self, remove_committed: bool = False) -> None:
+        """Drop the open shard's temporary file (and, if asked, the shards already committed)."""
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -128,7 +135,8 @@ class ShardWriter:
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
             self._writer = self._sink = self._tmp = None
-        remove_uris([s.uri for s in self.committed], self.storage)
+        if remove_committed:
+            remove_uris([s.uri for s in self.committed], self.storage)
         self.committed.clear()
 
 

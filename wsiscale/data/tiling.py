@@ -70,6 +70,20 @@ def _describe_error(exc: BaseException, uri: str) -> str:
             "(if the slide opens in another tool, try reader.backend=openslide and report this)")
 
 
+def tiles_per_shard(cfg: WsiscaleConfig) -> int:
+    """Tiles per shard for ``ingest.shard_mb``, a multiple of ``ingest.batch_tiles``.
+
+    Bytes per tile: raw is exact; JPEG assumes about 8:1 (q90 H&E tiles compress 6-12:1).
+
+    A fixed count (not a byte size) so that every attempt at a slide cuts the
+    same shards, whatever the codec produces.
+    """
+    ing, side = cfg.ingest, cfg.tiling.tile_size
+    per_tile = {"none": 48, "raw": side * side * 3, "jpeg": side * side * 3 // 8}[ing.pixels]
+    n = int(ing.shard_mb * 2**20 // per_tile)
+    return max(ing.batch_tiles, n // ing.batch_tiles * ing.batch_tiles)
+
+
 def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConfig, state: RunState) -> dict[str, Any]:
     """Tile one slide into its shards and write its done (or failure) record.
 
@@ -88,8 +102,8 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
             tissue = detect_slide_tissue(slide, cfg.tissue)
             plan = plan_tiles(slide, cfg.tiling, tissue)
             ing = cfg.ingest
-            writer = ShardWriter(state.slide_dir(name), attempt, tile_schema(ing.pixels), int(ing.shard_mb * 2**20),
-                                 cfg.storage, compression={"image": "none"})
+            writer = ShardWriter(state.slide_dir(name), "part", tile_schema(ing.pixels),
+                                 tiles_per_shard(cfg), cfg.storage, compression={"image": "none"})
             for table in iter_tile_tables(slide, plan, slide_id, ing.batch_tiles, ing.pixels, ing.jpeg_quality):
                 writer.write(table)
             shards = writer.close()
@@ -119,7 +133,7 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
             return record
     except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the batch
         if writer is not None:
-            writer.abort()
+            writer.abort()  # committed shards stay: a concurrent attempt may own identical ones
         message = _describe_error(exc, uri)
         if isinstance(exc, SlideError):
             log.warning("%s", message)
@@ -262,6 +276,41 @@ def _configure_ray_data(show_progress: bool) -> None:
     ctx.enable_operator_progress_bars = show_progress
 
 
+#: Settings that change what a completed slide's shards contain: a run directory keeps one value of each.
+OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "ingest.batch_tiles", "ingest.shard_mb")
+
+
+def _check_same_settings(state: RunState, cfg: WsiscaleConfig) -> None:
+    """Refuse to resume a run directory whose completed slides were tiled with other settings."""
+    import yaml
+
+    from wsiscale.config import CONFIG_FILENAME
+    from wsiscale.io.uri import filesystem
+
+    fs, path = filesystem(join_uri(state.uri, CONFIG_FILENAME), state.storage)
+    try:
+        with fs.open(path, "rb") as fh:
+            saved = yaml.safe_load(fh.read()) or {}
+    except FileNotFoundError:
+        return
+    if not state.completed():
+        return
+    current = cfg.model_dump(mode="json")
+    changed = []
+    for key in OUTPUT_SETTINGS:
+        a, b = saved, current
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            changed.append(f"{key}: {a!r} -> {b!r}")
+    if changed:
+        raise ValueError(
+            f"{state.uri} already holds slides tiled with other settings ({'; '.join(changed)}); "
+            "resuming would mix them. Write to a new --out directory, or restore the settings saved in "
+            f"{join_uri(state.uri, CONFIG_FILENAME)}"
+        )
+
+
 def run_tiling(
     cfg: WsiscaleConfig,
     manifest: str | None = None,
@@ -286,6 +335,7 @@ def run_tiling(
     out_uri = normalize_uri(out or join_uri(cfg.output, "tiles"))
     table = read_manifest(manifest_uri, cfg.storage)
     state = RunState(out_uri, cfg.storage)
+    _check_same_settings(state, cfg)
     save_config(cfg, out_uri)
 
     names = [safe_name(s) for s in table.column("slide_id").to_pylist()]
@@ -296,7 +346,7 @@ def run_tiling(
     log.info("%d slides in %s: %d already complete, %d to tile -> %s", table.num_rows, manifest_uri,
              len(done_before & set(names)), todo.num_rows, out_uri)
 
-    records: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}  # by slide name: attempts may repeat
     interrupted: str | None = None
     if todo.num_rows:
         import ray
@@ -314,25 +364,30 @@ def run_tiling(
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for row in batch.to_pylist():
                         rec = json.loads(row["record"])
-                        records.append(rec)
+                        prev = records.get(rec["name"])
+                        if prev is not None and prev["status"] == "done":
+                            continue  # a retried/raced attempt of a completed slide: same shards, count once
+                        records[rec["name"]] = rec
+                        failed -= prev is not None  # only a failed attempt is ever replaced
                         if rec["status"] == "done":
-                            tiles += rec["tiles"] or 0
+                            tiles += rec["tiles"]
                         else:
                             failed += 1
                         if bar is not None:
                             rate = tiles / max(time.perf_counter() - t0, 1e-9)
-                            bar.update(task, advance=1, description=(
+                            bar.update(task, completed=len(records), description=(
                                 f"tiling: {len(records) - failed} done, {failed} failed, {tiles:,} tiles, {rate:,.0f} tiles/s"))
         except BaseException as exc:  # still consolidate what finished, then re-raise
             interrupted = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             seconds = time.perf_counter() - t0
-            summary = _finish(state, cfg, table, names, done_before, records, seconds, manifest_uri, interrupted)
+            summary = _finish(state, cfg, table, names, done_before, list(records.values()), seconds, manifest_uri,
+                              interrupted)
             if started:
                 ray.shutdown()
     else:
-        summary = _finish(state, cfg, table, names, done_before, records, 0.0, manifest_uri, None)
+        summary = _finish(state, cfg, table, names, done_before, [], 0.0, manifest_uri, None)
     return summary
 
 

@@ -138,7 +138,9 @@ def list_slides(
         prefix: a directory or object-store prefix (``file://``, ``s3://``,
             ``gs://`` or a local path), a single slide, or a glob
             (``* ? [ ]`` and ``**``), e.g. ``s3://bucket/cohort/**/*.svs``. A
-            prefix that exists literally is never treated as a glob.
+            glob matches files, not what is under the directories it matches
+            (end it with ``/**`` for that). A prefix that exists literally is
+            never treated as a glob.
         storage: object storage options (endpoint, region, anonymous access).
         pattern: an extra glob on the path relative to the prefix root, e.g.
             ``"TCGA-*/*.svs"`` (``*`` stays within one directory, ``**``
@@ -196,10 +198,11 @@ def list_slides(
         ) from exc
     root = root.rstrip("/")
     matcher = _glob_regex(pattern) if pattern else None
-    files = 0
+    files = dirs = 0
     slides: list[dict] = []
     for name, info in found.items():
         if info.get("type") != "file" or name.endswith("/"):
+            dirs += 1
             continue
         files += 1
         name = name.rstrip("/")
@@ -211,9 +214,12 @@ def list_slides(
         slides.append({"uri": _object_uri(scheme, fs, name), "size": int(info.get("size") or 0), "relpath": rel})
     if not slides:
         searched = f"{prefix}" + (f" with pattern {pattern!r}" if pattern else "")
+        hint = "check the prefix, the pattern, or pass the extensions of your slides"
+        if glob and dirs:
+            hint += f"; the glob matched {dirs} director(ies): end it with /** to list what is under them"
         raise ManifestError(
             f"no slides found under {searched}: {files} file(s) listed, none with an extension in "
-            f"({_describe_extensions(extensions)}); check the prefix, the pattern, or pass the extensions of your slides"
+            f"({_describe_extensions(extensions)}){' that matches the pattern' if pattern else ''}; {hint}"
         )
     slides.sort(key=lambda s: s["uri"])
     log.info("listed %d slides (%d files) under %s in %.1fs", len(slides), files, prefix, time.perf_counter() - t0)
@@ -460,7 +466,8 @@ def _join_labels(
     stats = {"labelled": labelled, "unmatched_labels": unmatched[:_MAX_LISTED], "n_unmatched_labels": len(unmatched)}
     if unmatched:
         log.warning(
-            "labels file %s: %d label row(s) match no slide, e.g. %s", labels_uri, len(unmatched), _shorten(unmatched, 5)
+            "labels file %s: %d label row(s) match no slide, e.g. %s",
+            labels_uri, len(unmatched), _shorten(unmatched, 5),
         )
     return manifest, stats
 
@@ -587,6 +594,12 @@ def read_manifest(uri: str, storage: "StorageConfig | None" = None) -> pa.Table:
             )
         table = _replace_column(table, "slide_id", pa.array(ids, pa.string()))
     else:
+        same_uri = _duplicates(pa.array(uris, pa.string()))
+        if same_uri:
+            raise ManifestError(
+                f"manifest {uri} lists {_shorten(sorted(same_uri))} more than once; remove the duplicate rows "
+                "(or add a slide_id column with distinct ids)"
+            )
         ids = _derived_ids(uris)
         table = table.add_column(table.column_names.index("uri") + 1, "slide_id", pa.array(ids, pa.string()))
     slashed = [s for s in ids if "/" in s or "\\" in s]
@@ -602,7 +615,7 @@ def read_manifest(uri: str, storage: "StorageConfig | None" = None) -> pa.Table:
             "(e.g. include the directory, as `wsiscale manifest` does for slides with the same file name)"
         )
     same_uri = _duplicates(pa.array(uris, pa.string()))
-    if same_uri:
+    if same_uri:  # distinct ids were given: allowed, but most likely a mistake
         log.warning("manifest %s lists the same slide more than once: %s", uri, _shorten(sorted(same_uri), 5))
     table = _check_mpp(table, f"manifest {uri}", ids)
     log.info("read manifest %s: %d slides", uri, table.num_rows)
