@@ -102,24 +102,32 @@ def test_s3_end_to_end_tiles_equal_planner_and_reader(cohort, s3_bucket, tmp_pat
 
 def test_jpeg_and_coordinate_modes(cohort, tmp_path):
     slides_dir, manifest = cohort
-    cfg = _cfg(tmp_path, pixels="jpeg", jpeg_quality=95)
-    run = tmp_path / "jpeg"
-    run_tiling(cfg, manifest=str(manifest), out=str(run), show_progress=False)
     path = sorted(slides_dir.glob("*.svs"))[0]
-    t = read_tile_table(str(run), slide_ids=[path.stem])
+    cfg = _cfg(tmp_path, pixels="jpeg", jpeg_quality=95)
     plan = _planned(path, cfg)
     index = {xy: i for i, xy in enumerate(zip(plan.x.tolist(), plan.y.tolist()))}
-    images = tile_images(t.slice(0, 16))
-    with open_slide(path) as s:
-        for k in range(16):
-            ref = read_tile(s, plan, index[(t.column("x")[k].as_py(), t.column("y")[k].as_py())])
-            assert np.abs(images[k].astype(int) - ref).mean() < 2.5  # JPEG q95 of the same pixels
+    for passthrough in (True, False):
+        cfg.ingest.jpeg_passthrough = passthrough
+        run = tmp_path / f"jpeg-{passthrough}"
+        run_tiling(cfg, manifest=str(manifest), out=str(run), show_progress=False)
+        slides = pq.read_table(run / "slides.parquet").to_pylist()
+        assert {r["slide_id"] for r in slides} == {p.stem for p in slides_dir.glob("*.svs")}
+        t = read_tile_table(str(run), slide_ids=[path.stem])
+        images = tile_images(t.slice(0, 16))
+        with open_slide(path) as s:
+            for k in range(16):
+                ref = read_tile(s, plan, index[(t.column("x")[k].as_py(), t.column("y")[k].as_py())])
+                if passthrough:  # the slide's own JPEG tiles, copied: exactly the reader's pixels
+                    assert np.array_equal(images[k], ref)
+                else:  # re-encoded at q95
+                    assert 0 < np.abs(images[k].astype(int) - ref).mean() < 2.5
     coords = tmp_path / "coords"
     cfg.ingest.pixels = "none"
     summary = run_tiling(cfg, manifest=str(manifest), out=str(coords), show_progress=False)
     ct = pq.read_table(coords / "tiles")  # the directory reads as one table (pyarrow/pandas)
     assert "image" not in ct.column_names
     assert ct.num_rows == summary["tiles"]["total"] == read_tile_table(str(run)).num_rows
+    assert json.loads((run / "_state" / "done" / f"{path.stem}.json").read_text())["jpeg_passthrough"] is False
     assert set(ct.column("mpp").to_pylist()) == {0.5} and set(ct.column("tile_size").to_pylist()) == {256}
 
 

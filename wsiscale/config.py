@@ -102,7 +102,10 @@ class IngestConfig(_Section):
     pixels: Literal["none", "jpeg", "raw"] = Field(
         "jpeg", description="tile pixels stored: none (coordinates only, for fused read+embed), jpeg bytes or raw uint8"
     )
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_quality: int = Field(90, ge=1, le=100, description="quality of re-encoded JPEG tiles")
+    jpeg_passthrough: bool = Field(
+        True, description="copy the slide's own JPEG tiles when the grid lines up with them (lossless, no re-encoding)"
+    )
     batch_tiles: int = Field(256, ge=1, description="tiles read and written per batch (bounds actor memory)")
     shard_mb: float = Field(100.0, gt=0, description="target size of a tile Parquet shard")
     actors: tuple[int, int | None] = Field((1, None), description="(min, max) tiling actors; max None = all CPUs / cpus_per_actor")
@@ -129,7 +132,10 @@ class SynthConfig(_Section):
     height: int = Field(8192, ge=1024)
     mpp: float = Field(0.5, gt=0)
     tile_size: int = Field(256, ge=64)
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_quality: int = Field(90, ge=1, le=100, description="quality of re-encoded JPEG tiles")
+    jpeg_passthrough: bool = Field(
+        True, description="copy the slide's own JPEG tiles when the grid lines up with them (lossless, no re-encoding)"
+    )
     seed: int = 0
     prefix: str = "synth-"
     label_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="normal, glandular, solid")

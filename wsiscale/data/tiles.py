@@ -22,6 +22,7 @@ import pyarrow as pa
 from wsiscale.io.tiling import TilePlan, read_tile
 
 if TYPE_CHECKING:
+    from wsiscale.io.passthrough import JpegTileSource
     from wsiscale.io.slide import Slide
 
 PixelMode = Literal["none", "jpeg", "raw"]
@@ -105,18 +106,23 @@ def iter_tile_tables(
     batch_tiles: int = 256,
     pixels: PixelMode = "jpeg",
     jpeg_quality: int = 90,
+    jpeg_source: "JpegTileSource | None" = None,
 ) -> Iterator[pa.Table]:
     """Yield the tiles of ``plan`` as Arrow tables of at most ``batch_tiles`` rows (schema :func:`tile_schema`).
 
     Memory is bounded by one batch of pixels (``batch_tiles * tile_size^2 * 3`` bytes
-    in raw mode), whatever the slide size.
+    in raw mode), whatever the slide size. In JPEG mode with a ``jpeg_source``
+    (:class:`~wsiscale.io.passthrough.JpegTileSource`), the stored JPEG tiles
+    are copied instead of decoded and re-encoded (lossless).
     """
     schema = tile_schema(pixels)
     for start in range(0, len(plan), batch_tiles):
         stop = min(start + batch_tiles, len(plan))
         table = coord_table(slide_id, plan, start, stop)
         if pixels != "none":
-            if pixels == "jpeg":
+            if pixels == "jpeg" and jpeg_source is not None:
+                images = [jpeg_source.tile_bytes(int(plan.x[i]), int(plan.y[i])) for i in range(start, stop)]
+            elif pixels == "jpeg":
                 images = [encode_jpeg(read_tile(slide, plan, i), jpeg_quality) for i in range(start, stop)]
             else:
                 images = [read_tile(slide, plan, i).tobytes() for i in range(start, stop)]

@@ -41,6 +41,7 @@ from wsiscale.data.shards import ShardWriter
 from wsiscale.data.tiles import iter_tile_arrays, iter_tile_tables, tile_schema
 from wsiscale.io.errors import SlideError
 from wsiscale.io.manifest import read_manifest
+from wsiscale.io.passthrough import JpegTileSource
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -104,8 +105,14 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
             ing = cfg.ingest
             writer = ShardWriter(state.slide_dir(name), "part", tile_schema(ing.pixels),
                                  tiles_per_shard(cfg), cfg.storage, compression={"image": "none"})
-            for table in iter_tile_tables(slide, plan, slide_id, ing.batch_tiles, ing.pixels, ing.jpeg_quality):
-                writer.write(table)
+            source = JpegTileSource.for_plan(slide, plan) if ing.pixels == "jpeg" and ing.jpeg_passthrough else None
+            try:
+                for table in iter_tile_tables(slide, plan, slide_id, ing.batch_tiles, ing.pixels, ing.jpeg_quality,
+                                              source):
+                    writer.write(table)
+            finally:
+                if source is not None:
+                    source.close()
             shards = writer.close()
             record = {
                 "status": "done",
@@ -123,6 +130,7 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
                 "tissue_fraction": tissue.fraction,
                 "backend": slide.backend,
                 "pixels": ing.pixels,
+                "jpeg_passthrough": source is not None,
                 "shards": [{"path": state.relative(s.uri), "rows": s.rows, "bytes": s.bytes} for s in shards],
                 "attempt": attempt,
                 "host": socket.gethostname(),
@@ -277,7 +285,8 @@ def _configure_ray_data(show_progress: bool) -> None:
 
 
 #: Settings that change what a completed slide's shards contain: a run directory keeps one value of each.
-OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "ingest.batch_tiles", "ingest.shard_mb")
+OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "ingest.jpeg_passthrough",
+                   "ingest.batch_tiles", "ingest.shard_mb")
 
 
 def _check_same_settings(state: RunState, cfg: WsiscaleConfig) -> None:
