@@ -71,3 +71,10 @@ def test_demo_end_to_end(tmp_path):
     assert all(r["tiles"] > 0 and r["width"] == 4096 for r in rows)
     assert (out / "wsiscale.config.yaml").exists() and (out / "slides" / "manifest.parquet").exists()
     assert "slides summarised" in res.stderr + res.stdout
+    # stage 3: the cohort tiled into JPEG shards, one row per planned tile
+    tiling = summary["tiling"]
+    assert tiling["slides"]["done"] == 3 and tiling["slides"]["failed"] == 0
+    assert tiling["tiles"]["total"] == sum(r["tiles"] for r in rows)
+    tiles = pq.read_table(out / "tiles" / "tiles")
+    assert tiles.num_rows == tiling["tiles"]["total"] and "image" in tiles.column_names
+    assert pq.read_table(out / "tiles" / "failures.parquet").num_rows == 0

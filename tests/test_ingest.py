@@ -284,3 +284,30 @@ def test_resume_with_other_settings_is_refused(cohort, tmp_path):
     cfg.tiling.tile_size = 256
     cfg.ingest.actors = (1, 1)  # pool settings may change between runs
     assert run_tiling(cfg, manifest=str(manifest), out=str(run), show_progress=False)["slides"]["done"] == 6
+
+
+def test_cli_manifest_then_tile(cohort, tmp_path, capsys):
+    """`wsiscale manifest DIR --labels` then `wsiscale tile --json`: the commands users run."""
+    from wsiscale.cli import main
+
+    slides_dir, cohort_manifest = cohort
+    labels = tmp_path / "labels.csv"
+    rows = pq.read_table(cohort_manifest).to_pylist()
+    labels.write_text("slide_id,diagnosis\n" + "".join(f"{r['slide_id']},{r['label_name']}\n" for r in rows[:4])
+                      + "not-a-slide,normal\n")
+    manifest = tmp_path / "m.parquet"
+    assert main(["manifest", str(slides_dir), "--out", str(manifest), "--labels", str(labels)]) == 0
+    said = capsys.readouterr()
+    assert "6 slides" in said.err + said.out and "1 label rows matched no slide" in said.err + said.out
+    m = pq.read_table(manifest).to_pylist()
+    assert len(m) == 6 and sum(r["diagnosis"] is not None for r in m) == 4
+    run = tmp_path / "run"
+    code = main(["tile", "--manifest", str(manifest), "--out", str(run), "--pixels", "none", "--json",
+                 "--set", "ingest.actors=[2,2]", "--set", "ingest.ray_progress=false",
+                 "--set", "ingest.memory_gb_per_actor=0.5"])
+    assert code == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["slides"]["done"] == 6 and summary["pixels"] == "none"
+    assert main(["manifest", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err.replace("\n", "")

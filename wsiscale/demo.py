@@ -1,9 +1,10 @@
 """End-to-end demo on the embedded default: local Ray, file:// storage, generated slides.
 
-This issue's slice: generate a synthetic cohort, then summarise every slide
-on Ray workers (dimensions, levels, mpp, tissue fraction, planned tiles and
-SLPD regions) and print a table. Later stages (tiling, embedding,
-pretraining, clustering, retrieval) extend this same command.
+Stages so far: generate a synthetic cohort; summarise every slide on Ray
+workers (dimensions, levels, mpp, tissue fraction, planned tiles and SLPD
+regions); tile the cohort with the Ray Data ingest pipeline into JPEG tile
+shards (``<out>/tiles``). Later stages (embedding, pretraining, clustering,
+retrieval) extend this same command.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/2 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/3 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/2 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/3 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -64,6 +65,11 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
+        console.print(f"3/3 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        from wsiscale.cli import print_tiling_summary
+        from wsiscale.data.tiling import run_tiling
+
+        tiling = run_tiling(cfg, manifest=str(manifest), out=str(out / "tiles"))
     finally:
         if started:
             ray.shutdown()
@@ -89,12 +95,16 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             r["backend"],
         )
     console.print(t)
+    print_tiling_summary(tiling)
     summary = out / "summary.json"
-    summary.write_text(json.dumps({"slides": rows, "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
+    summary.write_text(json.dumps({"slides": rows, "tiling": tiling,
+                                   "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
-    failed = sum(1 for r in rows if r["error"])
+    bad_summaries = sum(1 for r in rows if r["error"])
+    bad_tiling = tiling["slides"]["failed"] + tiling["slides"]["pending"]
     console.print(
-        f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - failed} slides summarised, {failed} failed; "
-        f"summary in {summary}, config in {out / 'wsiscale.config.yaml'}"
+        f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - bad_summaries} slides summarised, "
+        f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {bad_summaries + bad_tiling} failed; "
+        f"summary in {summary}, tiles in {out / 'tiles'}, config in {out / 'wsiscale.config.yaml'}"
     )
-    return 0 if failed == 0 else 1
+    return 0 if bad_summaries + bad_tiling == 0 else 1

@@ -134,6 +134,7 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
                 "shards": [{"path": state.relative(s.uri), "rows": s.rows, "bytes": s.bytes} for s in shards],
                 "attempt": attempt,
                 "host": socket.gethostname(),
+                "peak_rss_mib": _peak_rss_mib(),
                 "seconds": time.perf_counter() - t0,
                 "finished_at": _now(),
             }
@@ -163,6 +164,13 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
         except Exception as exc2:  # noqa: BLE001 - storage down: the driver still gets the record
             log.error("%s: could not write the failure record: %s", uri, exc2)
         return record
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB; the actor's high-water mark)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _limit_threads(cpus: float) -> None:

@@ -49,6 +49,8 @@ class TissueMask:
 
     def integral(self) -> np.ndarray:
         """Summed-area table ``[h + 1, w + 1]`` (int64) of the mask."""
+        if self.mask.size < 2**31:  # OpenCV: int32 sums, an order of magnitude faster than two cumsums
+            return cv2.integral(np.ascontiguousarray(self.mask, dtype=np.uint8)).astype(np.int64, copy=False)
         sat = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
         sat[1:, 1:] = self.mask.cumsum(0, dtype=np.int64).cumsum(1)
         return sat
@@ -83,8 +85,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold (maximum between-class variance) of values in [0, 1]."""
     if values.size == 0:
         return 1.0
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.minimum((values.astype(np.float64) * bins).astype(np.int64), bins - 1)  # = np.histogram on [0, 1]
+    hist = np.bincount(index[index >= 0], minlength=bins).astype(np.float64)
     centers = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
