@@ -209,6 +209,7 @@ def big_cohort(tmp_path_factory):
     return out, build_cohort(SynthConfig(n_slides=10, width=6144, height=6144, seed=5, pen_mark_probability=0.0), out, workers=2)
 
 
+@pytest.mark.slow
 def test_killed_actor_mid_run_loses_and_duplicates_nothing(big_cohort, tmp_path):
     import ray
 
@@ -242,6 +243,7 @@ def test_killed_actor_mid_run_loses_and_duplicates_nothing(big_cohort, tmp_path)
     _check_exact(run, _expected(slides_dir, cfg))
 
 
+@pytest.mark.slow
 def test_interrupted_driver_then_rerun_is_exact(big_cohort, ray_local, tmp_path):
     """SIGKILL a `wsiscale tile` driver (connected to the running Ray) mid-run, then rerun: exact output."""
     slides_dir, manifest = big_cohort

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wsiscale.data.run_state import RunState
+from wsiscale.data.shards import read_parquet
 from wsiscale.data.tiles import decode_image, pixel_mode_of
-from wsiscale.io.uri import filesystem
 
 if TYPE_CHECKING:
     from wsiscale.config import StorageConfig
@@ -35,11 +34,7 @@ def iter_slide_tiles(
 ) -> Iterator[tuple[str, pa.Table]]:
     """Yield ``(slide_id, table)`` for every completed slide (only the shards its done record lists)."""
     for slide_id, uris in completed_shards(run_uri, storage).items():
-        parts = []
-        for uri in uris:
-            fs, path = filesystem(uri, storage)
-            with fs.open(path, "rb") as fh:
-                parts.append(pq.read_table(fh, columns=columns))
+        parts = [read_parquet(uri, storage, columns) for uri in uris]
         if parts:
             yield slide_id, pa.concat_tables(parts)
 

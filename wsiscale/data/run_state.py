@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wsiscale.data.shards import remove_uris
+from wsiscale.data.shards import read_parquet, remove_uris
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -150,11 +150,8 @@ class RunState:
 
     # -- consolidated tables ---------------------------------------------------------------
     def read_table(self, name: str) -> pa.Table | None:
-        uri = join_uri(self.uri, name)
-        fs, path = filesystem(uri, self.storage)
         try:
-            with fs.open(path, "rb") as fh:
-                return pq.read_table(fh)
+            return read_parquet(join_uri(self.uri, name), self.storage)
         except FileNotFoundError:
             return None
 

@@ -148,3 +148,18 @@ def remove_uris(uris: list[str], storage: "StorageConfig | None" = None) -> None
             fs.rm_file(path)
         except FileNotFoundError:
             pass
+
+
+def read_parquet(uri: str, storage: "StorageConfig | None" = None, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file from any URI.
+
+    Local files are read by path; remote ones are fetched whole and parsed from
+    memory (handing pyarrow a Python file object can abort the interpreter at
+    exit: apache/arrow#33975).
+    """
+    if is_local(uri):
+        return pq.read_table(local_path(uri), columns=columns)
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    return pq.read_table(pa.BufferReader(data), columns=columns)
