@@ -12,8 +12,9 @@ Same slides, same run, per CPU core:
 * pipeline, ``wsiscale tile`` on a local Ray with ``--actors`` CPU actors (one
   CPU each), per pixel mode: ``jpeg`` (default; stored JPEG tiles copied when
   they line up), ``jpeg-reencode`` (decode + JPEG encode), ``raw`` (uint8
-  pixels), ``none`` (coordinates), and ``stream`` (tiles as in-memory batches
-  consumed by the driver: the fused read+embed path). Wall-clock from
+  pixels), ``none`` (coordinates), and ``stream-raw`` / ``stream-jpeg`` (tiles
+  as in-memory batches - uint8 arrays or JPEG bytes - consumed by the driver:
+  the fused read+embed path; nothing written). Wall-clock from
   submitting the dataset to the last record, actor start-up included; divided
   by the number of actors (cores) for the per-core rate. "busy" is the rate
   inside actors (tiles / sum of per-slide seconds), without start-up and gaps.
@@ -105,9 +106,10 @@ def pipeline(manifest: str, work: Path, mode: str, actors: int) -> dict:
     cfg.ingest.actors = (actors, actors)
     cfg.ingest.ray_progress = False
     cfg.ingest.memory_gb_per_actor = 1.0
-    if mode == "stream":
+    if mode.startswith("stream"):
         t0, n = time.perf_counter(), 0
-        for batch in tile_stream(read_manifest(manifest), cfg).iter_batches(batch_size=None):
+        ds = tile_stream(read_manifest(manifest), cfg, pixels=mode.removeprefix("stream-"))
+        for batch in ds.iter_batches(batch_size=None):
             n += len(batch["x"])
         wall = time.perf_counter() - t0
         return {"tiles": n, "wall_s": wall, "per_core": n / wall / actors, "busy_per_core": None}
@@ -165,7 +167,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=24576)
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--clam-tiles", type=int, default=600, help="tiles per slide in the (slow) CLAM-style loop")
-    ap.add_argument("--modes", default="jpeg,jpeg-reencode,raw,none,stream")
+    ap.add_argument("--modes", default="jpeg,jpeg-reencode,raw,none,stream-raw,stream-jpeg")
     ap.add_argument("--big", type=int, default=50000, help="side of the slide for the actor memory figure (0: skip)")
     ap.add_argument("--big-modes", default="jpeg,jpeg-reencode,raw")
     ap.add_argument("--workdir", default=None)

@@ -313,3 +313,31 @@ def test_cli_manifest_then_tile(cohort, tmp_path, capsys):
     assert summary["slides"]["done"] == 6 and summary["pixels"] == "none"
     assert main(["manifest", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_tile_stream_for_fused_pipelines(cohort, tmp_path):
+    """tile_stream: the same tiles as the planner, in memory (raw arrays or JPEG bytes), nothing written."""
+    import imagecodecs
+
+    from wsiscale.data.tiling import tile_stream
+    from wsiscale.io.manifest import read_manifest
+
+    slides_dir, manifest = cohort
+    cfg = _cfg(tmp_path, batch_tiles=40)
+    table = read_manifest(str(manifest))
+    path = sorted(slides_dir.glob("*.svs"))[1]
+    plan = _planned(path, cfg)
+    index = {xy: i for i, xy in enumerate(zip(plan.x.tolist(), plan.y.tolist()))}
+    for pixels in ("raw", "jpeg"):
+        seen: dict[str, list] = {}
+        with open_slide(path) as s:
+            for batch in tile_stream(table, cfg, pixels=pixels).iter_batches(batch_size=64):
+                for k, sid in enumerate(batch["slide_id"]):
+                    seen.setdefault(str(sid), []).append((int(batch["x"][k]), int(batch["y"][k])))
+                    if str(sid) == path.stem and len(seen[path.stem]) <= 5:
+                        img = batch["image"][k] if pixels == "raw" else imagecodecs.jpeg8_decode(batch["image"][k])
+                        assert img.shape == (256, 256, 3)
+                        assert np.array_equal(img, read_tile(s, plan, index[seen[path.stem][-1]]))
+                        assert int(batch["slide_tiles"][k]) == len(plan)
+        assert sorted(seen) == sorted(p.stem for p in slides_dir.glob("*.svs"))
+        assert sorted(seen[path.stem]) == sorted(zip(plan.x.tolist(), plan.y.tolist()))

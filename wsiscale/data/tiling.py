@@ -215,17 +215,35 @@ class SlideTilerUDF:
 class SlideTileStreamUDF:
     """Ray Data ``map_batches`` callable class yielding in-memory tile batches of each slide.
 
-    Output batches: coordinate columns (see :mod:`wsiscale.data.tiles`) and
-    ``image`` ``[n, tile_size, tile_size, 3]`` uint8. Bad slides yield nothing;
-    with ``run_uri`` their failure records are written there.
+    Output batches: the coordinate columns (see :mod:`wsiscale.data.tiles`),
+    ``slide_tiles`` (the slide's planned tile count, so a consumer knows when it
+    has all of a slide) and, by ``pixels``: ``raw`` -> ``image`` ``[n, tile_size,
+    tile_size, 3]`` uint8; ``jpeg`` -> ``image`` JPEG bytes (the slide's own tiles
+    when they line up, see :mod:`wsiscale.io.passthrough`: ~10x less data to move
+    than raw, decode where the pixels are used); ``none`` -> coordinates only.
+    Bad slides yield nothing (a slide failing midway may have yielded some
+    batches: count ``slide_tiles``); with ``run_uri`` failure records are written there.
     """
 
-    def __init__(self, cfg: WsiscaleConfig, run_uri: str | None = None) -> None:
+    def __init__(self, cfg: WsiscaleConfig, run_uri: str | None = None, pixels: str = "raw") -> None:
         import wsiscale  # noqa: F401
 
         self.cfg = cfg
+        self.pixels = pixels
         self.state = RunState(run_uri, cfg.storage) if run_uri else None
         _limit_threads(cfg.ingest.cpus_per_actor)
+
+    def _batches(self, slide, plan, slide_id: str):
+        ing = self.cfg.ingest
+        if self.pixels == "raw":
+            yield from iter_tile_arrays(slide, plan, slide_id, ing.batch_tiles)
+            return
+        source = JpegTileSource.for_plan(slide, plan) if self.pixels == "jpeg" and ing.jpeg_passthrough else None
+        try:
+            yield from iter_tile_tables(slide, plan, slide_id, ing.batch_tiles, self.pixels, ing.jpeg_quality, source)
+        finally:
+            if source is not None:
+                source.close()
 
     def __call__(self, batch: dict[str, np.ndarray]):
         from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles
@@ -239,7 +257,14 @@ class SlideTileStreamUDF:
                 with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
                                 cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
                     plan = plan_tiles(slide, cfg.tiling, detect_slide_tissue(slide, cfg.tissue))
-                    yield from iter_tile_arrays(slide, plan, slide_id, cfg.ingest.batch_tiles)
+                    for out in self._batches(slide, plan, slide_id):
+                        n = len(out["x"]) if isinstance(out, dict) else out.num_rows
+                        total = np.full(n, len(plan), np.int32)
+                        if isinstance(out, dict):
+                            out["slide_tiles"] = total
+                        else:
+                            out = out.append_column("slide_tiles", pa.array(total))
+                        yield out
             except Exception as exc:  # noqa: BLE001
                 message = _describe_error(exc, uri)
                 log.warning("%s", message)
@@ -270,17 +295,23 @@ def _pool_kwargs(cfg: WsiscaleConfig) -> dict[str, Any]:
     )
 
 
-def tile_stream(manifest: pa.Table, cfg: WsiscaleConfig, run_uri: str | None = None) -> "ray.data.Dataset":
-    """A streaming Ray Dataset of the tiles of every slide in ``manifest`` (pixels in memory).
+def tile_stream(
+    manifest: pa.Table, cfg: WsiscaleConfig, run_uri: str | None = None, pixels: str = "raw"
+) -> "ray.data.Dataset":
+    """A streaming Ray Dataset of the tiles of every slide in ``manifest`` (nothing written).
 
-    Use it to fuse tiling with a downstream stage (e.g. ``.map_batches(Embedder, ...)``)
-    without writing tiles: each slide is opened once on a tiling actor and its tiles
-    flow in batches of ``cfg.ingest.batch_tiles``.
+    Use it to fuse tiling with a downstream stage (e.g. ``.map_batches(Embedder, ...)``):
+    each slide is opened once on a tiling actor of the ``cfg.ingest`` pool and its
+    tiles flow in batches of ``cfg.ingest.batch_tiles``. ``pixels``: ``raw``
+    (uint8 arrays), ``jpeg`` (bytes; decode downstream) or ``none`` (see
+    :class:`SlideTileStreamUDF`).
     """
     import ray.data
 
+    if pixels not in ("raw", "jpeg", "none"):
+        raise ValueError(f"pixels must be raw, jpeg or none, got {pixels!r}")
     ds = ray.data.from_arrow(_manifest_blocks(manifest, cfg.ingest.max_blocks))
-    return ds.map_batches(SlideTileStreamUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": run_uri},
+    return ds.map_batches(SlideTileStreamUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": run_uri, "pixels": pixels},
                           batch_size=1, **_pool_kwargs(cfg))
 
 
