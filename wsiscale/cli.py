@@ -1,4 +1,4 @@
-"""``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``demo``, ``config``.
+"""``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -141,6 +141,43 @@ def _tile(args: argparse.Namespace) -> int:
     return 0 if summary["slides"]["pending"] == 0 and not summary["interrupted"] else 1
 
 
+def print_embedding_summary(summary: dict) -> None:
+    """Rich table of an embedding run summary (see :func:`wsiscale.data.embedding.run_embedding`)."""
+    s, t = summary["slides"], summary["tiles"]
+    table = Table(title=f"embedding run {summary['run']} ({summary['encoder']}, {summary['mode']})", show_header=False)
+    table.add_row("slides", f"{s['done']} / {s['total']} done ({s['done_this_run']} this run, "
+                  f"{s['skipped_already_done']} already done), {s['failed']} failed, {s['pending']} pending")
+    table.add_row("tiles", f"{t['total']:,} ({t['this_run']:,} this run)")
+    table.add_row("throughput", f"{summary['tiles_per_s']:,.1f} tiles/s over {summary['seconds']:.1f} s")
+    console.print(table)
+    for f in summary["failures"][:20]:
+        console.print(f"[red]{f['slide_id']}[/red] {f['error_type']}: {f['message']}", highlight=False)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from wsiscale.data.embedding import run_embedding
+
+    cfg = _load(args)
+    summary = run_embedding(cfg, source=args.source, manifest=args.manifest, out=args.out)
+    print_embedding_summary(summary)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0 if summary["slides"]["pending"] == 0 and not summary["interrupted"] else 1
+
+
+def _encoders(args: argparse.Namespace) -> int:
+    from wsiscale.models.encoders import list_encoders
+
+    t = Table(title="registered encoders (also: timm:<architecture>)")
+    for col in ("name", "dim", "input", "mpp", "weights", "reference"):
+        t.add_column(col)
+    for spec in list_encoders():
+        t.add_row(spec.name, str(spec.dim), str(spec.input_size), f"{spec.mpp:g}",
+                  "required" if spec.needs_weights else "optional", spec.reference)
+    console.print(t)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from wsiscale.demo import run_demo
 
@@ -191,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
     _common(p)
     p.set_defaults(func=_tile)
+
+    p = sub.add_parser("embed", help="embed tiles (from a tiling run, or tiling on the fly) on an encoder actor pool")
+    p.add_argument("--source", help="tiling run directory (default: embed.source); omit to tile the manifest on the fly")
+    p.add_argument("--manifest", help="manifest URI when there is no source")
+    p.add_argument("--out", help="run directory (default: <output>/embeddings)")
+    p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
+    _common(p)
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("encoders", help="list the registered tile encoders")
+    _common(p)
+    p.set_defaults(func=_encoders)
 
     p = sub.add_parser("demo", help="end-to-end demo on a generated cohort with a local Ray")
     p.add_argument("--out", default="wsiscale-demo", help="output directory (default: ./wsiscale-demo)")

@@ -162,16 +162,29 @@ class RayConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    """Batch embedding of tiles on an actor pool."""
+    """Batch embedding of tiles: CPU reader actors -> encoder actor pool -> per-slide Parquet."""
 
-    encoder: str = Field("resnet18", description="registered encoder name or timm model name")
-    weights: str | None = Field(None, description="local weight file/directory (safetensors or torch state dict)")
-    batch_size: int = Field(128, ge=1)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    num_gpus_per_actor: float = Field(0.0, ge=0)
-    actors: tuple[int, int] = Field((1, 4), description="(min, max) actor pool size")
-
-
+    encoder: str = Field("resnet18_l3", description="registered encoder name or timm:<architecture> (wsiscale encoders)")
+    weights: str | None = Field(
+        None, description="local weight file/directory (safetensors or torch state dict); 'random' = seeded random init"
+    )
+    source: str | None = Field(None, description="tiling run directory to read tiles from; None = tile the manifest on the fly")
+    manifest: str | None = Field(None, description="slide manifest when source is None (default <output>/manifest.parquet)")
+    mode: Literal["tiles", "regions"] = Field("tiles", description="regions: [D, 16, 16] patch grids per 4096 px region (SLPD/HIPT)")
+    region_size: int = Field(4096, ge=256, description="region side (px at tiling.mpp) in regions mode")
+    region_grid: int = Field(16, ge=1, description="patches per region side in regions mode (4096 / 256)")
+    batch_size: int = Field(128, ge=1, description="tiles per forward pass")
+    chunk_tiles: int = Field(256, ge=1, description="tiles per chunk handed from readers to encoders")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("bf16", description="autocast dtype on GPU (CPU always runs fp32)")
+    dtype: Literal["float16", "float32"] = Field("float16", description="stored embedding dtype")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per encoder actor (1 on GPU nodes)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per encoder actor (torch threads)")
+    actors: tuple[int, int | None] = Field((1, 4), description="(min, max) encoder actors")
+    reader_actors: tuple[int, int | None] = Field((1, 4), description="(min, max) CPU reader actors")
+    reader_cpus: float = Field(1.0, gt=0, description="CPUs per reader actor")
+    memory_gb_per_actor: float = Field(2.0, gt=0, description="Ray memory reservation per encoder and reader actor")
+    hdf5: bool = Field(False, description="also write <run>/h5/<slide_id>.h5 (CLAM/TRIDENT layout: features, coords)")
+    seed: int = 0
 class IndexConfig(_Section):
     """FAISS actor pool: k-means and retrieval."""
 

@@ -61,13 +61,16 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 class RunState:
     """Records of one run directory (see the module docstring for the layout)."""
 
-    def __init__(self, run_uri: str, storage: "StorageConfig | None" = None) -> None:
+    def __init__(self, run_uri: str, storage: "StorageConfig | None" = None, data_dir: str = "tiles",
+                 slide_columns: dict[str, pa.DataType] | None = None) -> None:
         self.uri = normalize_uri(run_uri)
         self.storage = storage
+        self.data_dir = data_dir
+        self.slide_columns = slide_columns
 
     # -- paths ---------------------------------------------------------------------------
     def slide_dir(self, name: str) -> str:
-        return join_uri(self.uri, "tiles", name)
+        return join_uri(self.uri, self.data_dir, name)
 
     def record_uri(self, kind: str, name: str) -> str:
         return join_uri(self.uri, "_state", kind, f"{name}.json")
@@ -176,7 +179,7 @@ class RunState:
         for rec in self.read_records("done", missing):
             known[rec["name"]] = rec
         rows = [known[n] for n in sorted(done) if n in known]
-        slides = slides_table(rows)
+        slides = slides_table(rows, self.slide_columns)
         failed = self.failed()
         resolved = failed & done  # a failed attempt raced a successful one: success wins
         remove_uris([self.record_uri("failed", n) for n in resolved], self.storage)
@@ -228,10 +231,10 @@ def _table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Ta
     return pa.table({c: pa.array(v, t) for (c, t), v in zip(columns.items(), data.values())})
 
 
-def slides_table(records: list[dict[str, Any]]) -> pa.Table:
+def slides_table(records: list[dict[str, Any]], columns: dict[str, pa.DataType] | None = None) -> pa.Table:
     """One row per completed slide (``shards`` as a JSON list of ``{path, rows, bytes}``)."""
     rows = [r | {"shards": json.dumps(r.get("shards", []))} for r in records]
-    return _table(rows, SLIDE_COLUMNS)
+    return _table(rows, columns or SLIDE_COLUMNS)
 
 
 def failures_table(records: list[dict[str, Any]]) -> pa.Table:

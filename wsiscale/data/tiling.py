@@ -328,7 +328,7 @@ OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "
                    "ingest.batch_tiles", "ingest.shard_mb")
 
 
-def _check_same_settings(state: RunState, cfg: WsiscaleConfig) -> None:
+def _check_same_settings(state: RunState, cfg: WsiscaleConfig, keys: tuple[str, ...] = OUTPUT_SETTINGS) -> None:
     """Refuse to resume a run directory whose completed slides were tiled with other settings."""
     import yaml
 
@@ -345,7 +345,7 @@ def _check_same_settings(state: RunState, cfg: WsiscaleConfig) -> None:
         return
     current = cfg.model_dump(mode="json")
     changed = []
-    for key in OUTPUT_SETTINGS:
+    for key in keys:
         a, b = saved, current
         for part in key.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)

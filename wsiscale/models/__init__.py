@@ -1,0 +1,1 @@
+"""Tile encoders: :mod:`wsiscale.models.encoders` (registry, loading) and :mod:`wsiscale.models.foundation`."""
