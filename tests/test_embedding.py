@@ -94,6 +94,7 @@ def test_fused_tiling_with_vit_equals_direct_model_call(cohort, tmp_path):
     slides_dir, manifest = cohort
     sub, table = _subset(manifest, tmp_path, 2)
     cfg = _cfg(tmp_path, encoder="vit_s16", dtype="float16")
+    cfg.tiling.mpp = 1.0  # fewer, resized tiles (512 px read -> 256)
     summary = run_embedding(cfg, manifest=str(sub), out=str(tmp_path / "emb"), show_progress=False)
     assert summary["slides"]["done"] == 2
     enc = load_encoder("vit_s16", weights="random", device="cpu", seed=cfg.embed.seed)

@@ -165,10 +165,7 @@ def _load_builtin() -> None:
     register(EncoderSpec("vit_s16", _vit_s16, dim=384, input_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                          reference="Caron et al. 2021 (DINO); Chen et al. 2022 (HIPT)",
                          description="ViT-S/16 at 256 px, CLS token (HIPT patch encoder)"))
-    try:  # TEMP until foundation lands
-        from wsiscale.models import foundation  # noqa: F401 - registers the foundation models
-    except ImportError:
-        pass
+    from wsiscale.models import foundation  # noqa: F401 - registers the foundation models
 
 
 @dataclass
@@ -232,12 +229,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, a torch checkpoint (``weights_only=True``), or a directory with one."""
     p = Path(path)
     if p.is_dir():
-        found = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + sorted(p.glob("*.pth")) + sorted(p.glob("*.pt"))
+        found = sorted(p.glob("*.safetensors"))  # all shards of a sharded checkpoint
         if not found:
-            raise EncoderWeightsError(f"{p}: no *.safetensors, *.bin, *.pth or *.pt weights in this directory")
-        if len(found) > 1 and not all(f.suffix == ".safetensors" for f in found):
-            log.info("%s: several weight files, using %s", p, found[0].name)
-            found = found[:1]
+            others = sorted(p.glob("*.bin")) + sorted(p.glob("*.pth")) + sorted(p.glob("*.pt"))
+            if not others:
+                raise EncoderWeightsError(f"{p}: no *.safetensors, *.bin, *.pth or *.pt weights in this directory")
+            if len(others) > 1:
+                log.info("%s: several weight files, using %s", p, others[0].name)
+            found = others[:1]
         state: dict[str, torch.Tensor] = {}
         for f in found:
             state.update(load_state_dict_file(f))
