@@ -78,3 +78,8 @@ def test_demo_end_to_end(tmp_path):
     tiles = pq.read_table(out / "tiles" / "tiles")
     assert tiles.num_rows == tiling["tiles"]["total"] and "image" in tiles.column_names
     assert pq.read_table(out / "tiles" / "failures.parquet").num_rows == 0
+    # stage 4: one embedding per tile
+    emb = summary["embedding"]
+    assert emb["slides"]["done"] == 3 and emb["tiles"]["total"] == tiling["tiles"]["total"]
+    table = pq.read_table(out / "embeddings" / "embeddings")
+    assert table.num_rows == tiling["tiles"]["total"] and table.schema.field("embedding").type.list_size == 256

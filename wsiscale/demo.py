@@ -3,7 +3,10 @@
 Stages so far: generate a synthetic cohort; summarise every slide on Ray
 workers (dimensions, levels, mpp, tissue fraction, planned tiles and SLPD
 regions); tile the cohort with the Ray Data ingest pipeline into JPEG tile
-shards (``<out>/tiles``). Later stages (embedding, pretraining, clustering,
+shards (``<out>/tiles``); embed the tiles with ``embed.encoder`` on an
+encoder actor pool (``<out>/embeddings``; no checkpoints are downloaded, so
+unless ``embed.weights`` points at one the demo uses a seeded random
+initialisation and says so). Later stages (pretraining, clustering,
 retrieval) extend this same command.
 """
 
@@ -47,12 +50,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/3 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/4 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/3 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/4 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -65,11 +68,18 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/3 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
-        from wsiscale.cli import print_tiling_summary
+        console.print(f"3/4 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        from wsiscale.cli import print_embedding_summary, print_tiling_summary
+        from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
 
         tiling = run_tiling(cfg, manifest=str(manifest), out=str(out / "tiles"))
+        if cfg.embed.weights is None:
+            cfg.embed.weights = "random"
+            console.print(f"   (no embed.weights given: {cfg.embed.encoder} with a seeded random initialisation; "
+                          "point embed.weights at a local checkpoint for real features)")
+        console.print(f"4/4 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
+        embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
     finally:
         if started:
             ray.shutdown()
@@ -96,15 +106,18 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         )
     console.print(t)
     print_tiling_summary(tiling)
+    print_embedding_summary(embedding)
     summary = out / "summary.json"
-    summary.write_text(json.dumps({"slides": rows, "tiling": tiling,
+    summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding,
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
     bad_tiling = tiling["slides"]["failed"] + tiling["slides"]["pending"]
+    bad_tiling += embedding["slides"]["failed"] + embedding["slides"]["pending"]
     console.print(
         f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - bad_summaries} slides summarised, "
-        f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {bad_summaries + bad_tiling} failed; "
-        f"summary in {summary}, tiles in {out / 'tiles'}, config in {out / 'wsiscale.config.yaml'}"
+        f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
+        f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
+        f"embeddings in {out / 'embeddings'}, config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1

@@ -140,17 +140,23 @@ class TileChunkUDF:
                 yield self._chunk(uri, slide_id, lo, hi, n, plan.x[lo:hi], plan.y[lo:hi], resize_tiles(tiles, self.size))
 
     def _chunks_from_shards(self, uri: str, slide_id: str, shards: list[dict], pixels: str):
-        tables = [read_parquet(self.source.absolute(s["path"]), self.cfg.storage) for s in shards]
-        table = pa.concat_tables(tables) if tables else None
-        n = table.num_rows if table is not None else 0
+        """Decode a slide's stored tiles shard by shard (memory: one shard + one chunk)."""
+        n = sum(int(s["rows"]) for s in shards)
         yield n
-        for lo in range(0, n, self.cfg.embed.chunk_tiles):
-            hi = min(lo + self.cfg.embed.chunk_tiles, n)
-            part = table.slice(lo, hi - lo)
-            sizes = part.column("tile_size").to_numpy()
-            tiles = np.stack([decode_image(b, pixels, int(s)) for b, s in zip(part.column("image").to_pylist(), sizes)])
-            yield self._chunk(uri, slide_id, lo, hi, n, part.column("x").to_numpy(), part.column("y").to_numpy(),
-                              resize_tiles(tiles, self.size))
+        step, lo, pending = self.cfg.embed.chunk_tiles, 0, None
+        for s in shards:
+            table = read_parquet(self.source.absolute(s["path"]), self.cfg.storage, ["x", "y", "tile_size", "image"])
+            pending = table if pending is None else pa.concat_tables([pending, table])
+            while pending.num_rows >= step or (pending.num_rows and lo + pending.num_rows == n):
+                part, pending = pending.slice(0, step), pending.slice(step)
+                sizes = part.column("tile_size").to_numpy()
+                tiles = np.stack([decode_image(b, pixels, int(z)) for b, z in zip(part.column("image").to_pylist(), sizes)])
+                hi = lo + part.num_rows
+                yield self._chunk(uri, slide_id, lo, hi, n, part.column("x").to_numpy(), part.column("y").to_numpy(),
+                                  resize_tiles(tiles, self.size))
+                lo = hi
+        if lo != n:
+            raise RuntimeError(f"{uri}: the tiling run's shards hold {lo} tiles, its record says {n}")
 
     @staticmethod
     def _chunk(uri, slide_id, lo, hi, n, x, y, images) -> dict[str, np.ndarray]:
