@@ -1,8 +1,8 @@
 """Embedding pipeline throughput against model-only forward throughput, same batch size, same run.
 
 * model-only: the encoder's forward pass on a prepared ``[batch, 3, S, S]``
-  tensor, in this process, with as many torch threads as the pipeline's
-  encoder actor gets: the ceiling the pipeline can reach;
+  tensor, in a Ray task with the same CPUs/GPU and torch threads as the
+  pipeline's encoder actor: the ceiling the pipeline can reach;
 * pipeline: ``wsiscale embed`` on a local Ray over a JPEG tiling run of
   generated slides: CPU reader actors decode and resize tiles, an encoder
   actor embeds them and writes per-slide Parquet. Wall-clock from submitting
@@ -107,7 +107,12 @@ def main() -> None:
         print(f"{args.slides} slides of {args.size}^2 px, {n_tiles} tiles; encoder {args.encoder}, batch {args.batch}, "
               f"{'%d GPU(s)' % gpus if gpus else '%d CPU threads' % threads}", flush=True)
         device = "cuda" if gpus else "cpu"
-        ref = model_only(args.encoder, args.batch, threads, 15.0, device) * max(1, gpus)
+        remote = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=1 if gpus else 0)(model_only)
+
+        def measure(seconds: float) -> float:
+            return ray.get(remote.remote(args.encoder, args.batch, threads, seconds, device)) * max(1, gpus)
+
+        ref = measure(15.0)
         print(f"model-only forward: {ref:9.1f} tiles/s", flush=True)
         out = work / "emb"
         shutil.rmtree(out, ignore_errors=True)
@@ -118,7 +123,7 @@ def main() -> None:
         print(f"pipeline:           {rate:9.1f} tiles/s ({s['tiles']['this_run']} tiles in {s['seconds']:.1f} s, "
               f"{wall:.1f} s with driver set-up and the final merge)", flush=True)
         print(f"pipeline / model-only = {rate / ref:.3f}" + (f"; {rate / gpus:.1f} tiles/s per GPU" if gpus else ""))
-        ref_after = model_only(args.encoder, args.batch, threads, 10.0, device) * max(1, gpus)
+        ref_after = measure(10.0)
         print(f"model-only again after the run: {ref_after:9.1f} tiles/s (machine drift check)")
         if args.json:
             Path(args.json).write_text(json.dumps({"model_only": ref, "model_only_after": ref_after, "pipeline": rate,

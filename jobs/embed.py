@@ -32,11 +32,12 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobs/embed.py",
-                                description="Embed every slide of a tiling run (or a manifest) on an encoder actor pool.")
+                                description="Embed every slide of a tiling run (or a manifest) on encoder actors.")
     p.add_argument("--config", "-c", help="YAML config file (e.g. jobs/configs/embed.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set embed.actors=[1,8] (repeatable)")
-    p.add_argument("--source", help="tiling run directory (default: embed.source); omit to tile the manifest on the fly")
+    p.add_argument("--source", help="tiling run directory (default: embed.source); omit both to tile the manifest "
+                                    "on the fly")
     p.add_argument("--manifest", help="manifest URI when there is no source (default: embed.manifest, ingest.manifest "
                                       "or <output>/manifest.parquet)")
     p.add_argument("--out", help="run directory (default: <output>/embeddings)")
@@ -67,7 +68,7 @@ def _encoder_error(exc: BaseException):
             cause = getattr(e, "cause", None)
             return cause if isinstance(cause, encoders.EncoderError) else e
         if isinstance(e, RayActorError) and e.actor_init_failed:
-            found = list(re.finditer(r"wsiscale\.models\.encoders\.(EncoderWeightsError|EncoderError): ", str(e)))
+            found = list(re.finditer(r"wsiscale\.models\.(?:encoders|errors)\.(EncoderWeightsError|EncoderError): ", str(e)))
             if found:
                 return getattr(encoders, found[-1].group(1))(str(e)[found[-1].end():].strip())
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])

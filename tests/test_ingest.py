@@ -281,7 +281,9 @@ def test_resume_with_other_settings_is_refused(cohort, tmp_path):
     run = tmp_path / "run"
     run_tiling(cfg, manifest=str(manifest), out=str(run), show_progress=False)
     cfg.tiling.tile_size = 224
-    with pytest.raises(ValueError, match=r"tiling: .*'tile_size': 256.*'tile_size': 224.*new --out"):
+    from wsiscale.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tiling: .*'tile_size': 256.*'tile_size': 224.*new --out"):
         run_tiling(cfg, manifest=str(manifest), out=str(run), show_progress=False)
     cfg.tiling.tile_size = 256
     cfg.ingest.actors = (1, 1)  # pool settings may change between runs

@@ -254,11 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wsiscale.models.errors import EncoderError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         console.print(f"[bold red]config error:[/bold red] {exc}", markup=True, highlight=False)
+        return 2
+    except (EncoderError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return 2
 
 

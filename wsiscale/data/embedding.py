@@ -387,7 +387,7 @@ class EmbedUDF:
 
 #: Settings that change what a completed slide's embeddings are: a run directory keeps one value of each.
 EMBED_OUTPUT_SETTINGS = ("tiling", "tissue", "embed.encoder", "embed.weights", "embed.mode", "embed.region_size",
-                         "embed.region_grid", "embed.dtype", "embed.source")
+                         "embed.region_grid", "embed.dtype", "embed.precision", "embed.source")
 
 
 def _inputs(cfg: WsiscaleConfig, source: str | None, manifest: str | None) -> tuple[pa.Table, str]:
@@ -438,8 +438,13 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     from wsiscale.models.encoders import get_spec
     from wsiscale.progress import progress_bar
 
+    from wsiscale.config import ConfigError
+
     spec = get_spec(cfg.embed.encoder)
     source = source or cfg.embed.source
+    if source and cfg.embed.mode == "regions":
+        raise ConfigError("embed.mode=regions reads each region's patch grid from the slides: give a manifest "
+                          "(no embed.source / --source); a tiling run's tiles are not grouped into regions")
     if source:
         cfg.embed.source = normalize_uri(source)
     table, input_uri = _inputs(cfg, source, manifest)

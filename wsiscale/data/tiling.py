@@ -352,8 +352,10 @@ def _check_same_settings(state: RunState, cfg: WsiscaleConfig, keys: tuple[str, 
         if a != b:
             changed.append(f"{key}: {a!r} -> {b!r}")
     if changed:
-        raise ValueError(
-            f"{state.uri} already holds slides tiled with other settings ({'; '.join(changed)}); "
+        from wsiscale.config import ConfigError
+
+        raise ConfigError(
+            f"{state.uri} already holds slides made with other settings ({'; '.join(changed)}); "
             "resuming would mix them. Write to a new --out directory, or restore the settings saved in "
             f"{join_uri(state.uri, CONFIG_FILENAME)}"
         )

@@ -34,20 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsiscale.models.errors import EncoderError, EncoderWeightsError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Prefixes stripped from checkpoint keys (DDP, Lightning, DINO teacher/student, timm/open_clip wrappers).
 KNOWN_PREFIXES = ("module.", "model.", "backbone.", "teacher.", "student.", "encoder.", "trunk.", "visual.trunk.")
-
-
-class EncoderError(ValueError):
-    """An unknown encoder name or unusable options."""
-
-
-class EncoderWeightsError(EncoderError):
-    """Weights that are missing, unreadable or do not fit the architecture."""
 
 
 @dataclass(frozen=True)
