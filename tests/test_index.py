@@ -1,0 +1,169 @@
+"""FAISS actor pool: distributed k-means = single-process faiss, sharded ANN recall, prototypes, failures."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from wsiscale.index.kmeans import IndexInputError, assign_stats, lloyd, random_init
+from wsiscale.index.pool import FaissPool
+from wsiscale.index.prototypes import SlideRetriever, batched_kmeans, match_prototypes
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _blobs(n=12000, d=32, centers=40, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(scale=4.0, size=(centers, d))
+    lab = rng.integers(0, centers, n)
+    return (c[lab] + rng.normal(size=(n, d))).astype(np.float32), lab
+
+
+def _kill(actor):
+    import ray
+
+    ray.kill(actor, no_restart=False)
+
+
+def test_distributed_kmeans_equals_single_process_faiss():
+    import faiss
+
+    x, _ = _blobs()
+    init = random_init(x, 40, seed=1)
+    pool = FaissPool(x, shards=3, num_cpus=0.5)
+    one = pool.lloyd(init, iters=1)
+    f = faiss.Kmeans(x.shape[1], 40, niter=1, seed=1, max_points_per_centroid=10**9, min_points_per_centroid=1)
+    f.train(x, init_centroids=init.copy())
+    np.testing.assert_allclose(one.centroids, f.centroids, atol=1e-4)
+    assert one.history[0] == pytest.approx(float(f.obj[0]), rel=1e-5)
+    ten = pool.lloyd(init, iters=10)
+    f10 = faiss.Kmeans(x.shape[1], 40, niter=10, seed=1, max_points_per_centroid=10**9, min_points_per_centroid=1)
+    f10.train(x, init_centroids=init.copy())
+    ref = lloyd(x, init, 10)  # the single-process reference of the same algorithm
+    np.testing.assert_allclose(ten.centroids, ref.centroids, atol=1e-4)
+    assert ten.history[-1] == pytest.approx(float(f10.obj[-1]), rel=1e-3)
+    # k-means++ with restarts beats a single random init on clustered data
+    best = pool.kmeans(40, iters=10, restarts=2, init="kmeans++", seed=3)
+    assert best.inertia <= ten.inertia * 1.001
+    labels = pool.assign(best.centroids)
+    assert labels.shape == (x.shape[0],) and set(np.unique(labels)) <= set(range(40))
+
+
+def test_spherical_kmeans_and_empty_cluster_repair():
+    x, _ = _blobs(n=3000, d=16, centers=5)
+    init = np.vstack([random_init(x, 6, seed=0), np.full((2, 16), 1e6, np.float32)])  # two far-away centroids: empty
+    res = FaissPool(x, shards=2).lloyd(init, iters=5)
+    assert res.repaired >= 2 and (res.counts > 0).all()
+    sph = FaissPool(x, shards=2).lloyd(random_init(x, 5, 2), iters=5, spherical=True)
+    np.testing.assert_allclose(np.linalg.norm(sph.centroids, axis=1), 1.0, atol=1e-5)
+    _, _, inertia = assign_stats(x, sph.centroids, spherical=True)
+    assert inertia == pytest.approx(sph.inertia, rel=1e-5)
+
+
+@pytest.mark.parametrize("factory, params, min_recall", [
+    ("Flat", {}, 1.0), ("IVF64,Flat", {"nprobe": 16}, 0.95), ("HNSW32", {"efSearch": 128}, 0.95),
+])
+def test_sharded_ann_recall_vs_brute_force(factory, params, min_recall):
+    x, _ = _blobs(n=20000, d=32, centers=200, seed=2)
+    rng = np.random.default_rng(5)
+    q = x[rng.choice(len(x), 200, replace=False)] + rng.normal(scale=0.3, size=(200, 32)).astype(np.float32)
+    pool = FaissPool(x, shards=2)
+    pool.build_index(factory, params)
+    got = pool.search(q, k=10)
+    exact = np.argsort(((q[:, None, :] - x[None]) ** 2).sum(-1), axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.ids, exact)])
+    assert recall >= min_recall, recall
+    assert (np.diff(got.distances, axis=1) >= -1e-4).all()  # merged top-k sorted ascending (L2)
+
+
+def test_save_load_add_and_bad_input(tmp_path):
+    x, _ = _blobs(n=4000, d=16, centers=20, seed=3)
+    pool = FaissPool(x, shards=2, metric="ip", num_cpus=0.5)
+    pool.build_index("Flat")
+    before = pool.search(x[:5], k=3)
+    assert (before.ids[:, 0] == np.arange(5)).all()  # a vector's nearest (cosine) neighbour is itself
+    pool.save(str(tmp_path / "idx"))
+    loaded = FaissPool.load(str(tmp_path / "idx"), num_cpus=0.5)
+    after = loaded.search(x[:5], k=3)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    new = x[:2] * 3 + 1
+    pool.add(new)
+    assert pool.search(new, k=1).ids[:, 0].tolist() == [4000, 4001]
+    with pytest.raises(IndexInputError, match="dimension 8, the index/centroids have 16"):
+        pool.search(np.zeros((1, 8), np.float32))
+    bad = x.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(IndexInputError, match=r"1 rows contain NaN or inf \(first: row 7\)"):
+        FaissPool(bad, shards=2)
+    with pytest.raises(IndexInputError, match="k=5000 centroids but only 4002 vectors"):
+        pool.kmeans(5000)
+    with pytest.raises(IndexInputError, match="a shard would be empty"):
+        FaissPool(x[:3], shards=4)
+    with pytest.raises(RuntimeError, match=r"did not start within 3 s: each needs num_cpus=8"):
+        FaissPool(x, shards=2, num_cpus=8, ready_timeout_s=3)
+
+
+def test_killed_actor_during_kmeans_and_search():
+    import ray
+
+    x, _ = _blobs(n=8000, d=16, centers=20, seed=4)
+    init = random_init(x, 20, seed=2)
+    pool = FaissPool(x, shards=2)
+    expected = pool.lloyd(init, iters=4)
+    pids = {i["pid"] for i in pool.info()}
+    # kill between the map calls of an iteration: the call is retried on the restarted actor (shard reloaded)
+    refs = [a.assign_stats.remote(init, False) for a in pool.actors]
+    _kill(pool.actors[0])
+    parts = ray.get(refs)
+    assert sum(int(p[1].sum()) for p in parts) == len(x)
+    again = pool.lloyd(init, iters=4)
+    np.testing.assert_allclose(again.centroids, expected.centroids, atol=1e-5)
+    assert {i["pid"] for i in pool.info()} != pids  # one actor is a new process
+    pool.build_index("IVF32,Flat", {"nprobe": 32})
+    ref = pool.search(x[:20], k=5)
+    _kill(pool.actors[1])
+    got = pool.search(x[:20], k=5)  # the restarted actor rebuilds its index from its reloaded shard
+    np.testing.assert_array_equal(got.ids, ref.ids)
+
+
+def test_prototype_matching_equals_brute_force_permutations():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+        score, perm = match_prototypes(a, b)
+        an = a / np.linalg.norm(a, axis=1, keepdims=True)
+        bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+        best = max(itertools.permutations(range(4)), key=lambda p: sum(an[i] @ bn[p[i]] for i in range(4)))
+        assert score == pytest.approx(np.mean([an[i] @ bn[best[i]] for i in range(4)]), abs=1e-6)
+        assert tuple(perm) == best
+
+
+def test_batched_kmeans_finds_each_slides_clusters():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(50, 3, 16)) * 5
+    groups = [np.concatenate([c + rng.normal(size=(int(n), 16)) for c, n in zip(cs, rng.integers(10, 30, 3))])
+              for cs in centers]
+    groups.append(rng.normal(size=(2, 16)))  # fewer vectors than prototypes
+    protos, counts = batched_kmeans(groups, 3, iters=20, seed=0, spherical=False)
+    assert protos.shape == (51, 3, 16) and counts[:50].sum() == sum(len(g) for g in groups[:50])
+    errs = [min(np.abs(p[None] - c[list(perm)]).max() for perm in itertools.permutations(range(3)))
+            for p, c in zip(protos[:50], centers)]
+    assert np.median(errs) < 1.0  # each slide's 3 true centres recovered
+    assert counts[50].sum() == 2
+
+
+def test_slide_retrieval_finds_same_class_slides():
+    """Slides of a class share prototype directions; retrieval's top-5 are mostly the query's class."""
+    rng = np.random.default_rng(2)
+    class_protos = rng.normal(size=(4, 4, 32))
+    labels = np.repeat(np.arange(4), 25)
+    protos = np.stack([class_protos[c][rng.permutation(4)] + 0.9 * rng.normal(size=(4, 32)) for c in labels])
+    r = SlideRetriever(protos.astype(np.float32), candidates=30)
+    votes = []
+    for i in range(len(labels)):
+        top = r.query(protos[i], k=5, exclude=i)
+        assert i not in top.indices and (np.diff(top.scores) <= 1e-6).all()
+        votes.append(np.bincount(labels[top.indices], minlength=4).argmax() == labels[i])
+    assert np.mean(votes) > 0.9  # chance: 0.25

@@ -1,0 +1,1 @@
+"""FAISS actor pool: distributed k-means, per-slide prototypes, sharded ANN search, slide retrieval."""

@@ -1,0 +1,379 @@
+"""A pool of Ray actors, each owning a shard of vectors: distributed k-means and sharded ANN search.
+
+Each :class:`FaissShard` actor loads its shard once (from an object-store
+reference the driver keeps, or from Parquet URIs) and keeps it in memory;
+it is created with ``max_restarts=-1, max_task_retries=-1``, so a killed
+actor is restarted by Ray, reloads its shard in its constructor, and the
+calls in flight are retried: k-means and searches continue with the same
+results. GPU faiss indexes are used when the actor has a GPU and faiss was
+built with CUDA; faiss-cpu otherwise.
+
+* :meth:`FaissPool.kmeans`: Lloyd iterations as map (each shard: per-centroid
+  sums, counts, inertia) + reduce (driver: new centroids, empty-cluster
+  repair), k-means++ or random init, restarts keeping the best inertia,
+  spherical option. Same centroids as single-process Lloyd / ``faiss.Kmeans``
+  from the same initial centroids.
+* :meth:`FaissPool.build_index` / :meth:`FaissPool.search`: one faiss index
+  per shard from a factory string (``Flat``, ``IVF1024,Flat``,
+  ``IVF1024,PQ32``, ``HNSW32``...), queries fanned out to every shard, top-k
+  merged; :meth:`save` / :meth:`load` to any storage URI; :meth:`add` appends
+  new vectors (new slides) to the shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsiscale.index.kmeans import (
+    IndexInputError,
+    KMeansResult,
+    assign_stats,
+    check_vectors,
+    kmeanspp_init,
+    normalize_rows,
+    random_init,
+    update_centroids,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _faiss_gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class FaissShard:
+    """One shard of vectors (Ray actor body). ``ids`` are the global ids of its rows."""
+
+    def __init__(self, shard: int, vectors: Any = None, ids: Any = None, uris: list[str] | None = None,
+                 column: str = "embedding", storage: Any = None, use_gpu: bool | None = None,
+                 index_uri: str | None = None) -> None:
+        import ray
+
+        self.shard = shard
+        self.index = None
+        if index_uri:  # a saved pool: index + ids from storage (no raw vectors)
+            self.index, self.ids = _load_shard_index(index_uri, shard, storage)
+            self.x = np.zeros((0, self.index.d), np.float32)
+        elif uris:
+            self.x, self.ids = _load_parquet_vectors(uris, column, storage)
+        else:
+            self.x = np.ascontiguousarray(ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors, np.float32)
+            self.ids = np.asarray(ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids, np.int64)
+        self.use_gpu = _faiss_gpu_available() if use_gpu is None else use_gpu
+        self.index_bytes: bytes | None = None
+        self.restarts = 0
+
+    # -- basics --------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        import os
+
+        return {"shard": self.shard, "rows": int(self.x.shape[0]), "dim": int(self.x.shape[1]) if self.x.ndim == 2 else 0,
+                "pid": os.getpid(), "gpu": self.use_gpu, "index": self.index is not None}
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed + self.shard)
+        if self.x.shape[0] <= n:
+            return self.x
+        return self.x[np.sort(rng.choice(self.x.shape[0], n, replace=False))]
+
+    # -- k-means map step ----------------------------------------------------------------------
+    def assign_stats(self, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.x.shape[0] == 0:
+            k, d = centroids.shape
+            return np.zeros((k, d)), np.zeros(k, np.int64), 0.0
+        return assign_stats(self.x, centroids, spherical)
+
+    def assign(self, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Global ids and nearest-centroid labels of the shard's rows."""
+        from wsiscale.index.kmeans import nearest
+
+        x = normalize_rows(self.x) if spherical else self.x
+        labels, _ = nearest(x, centroids, spherical)
+        return self.ids, labels
+
+    # -- ANN index -----------------------------------------------------------------------------
+    def build_index(self, factory: str, metric: str, params: dict[str, Any]) -> int:
+        import faiss
+
+        d = self.x.shape[1]
+        mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        index = faiss.index_factory(d, factory, mt)
+        x = normalize_rows(self.x) if metric == "ip" else self.x
+        if not index.is_trained:
+            index.train(x)
+        index.add(x)
+        self.index = index
+        self._apply_params(params)
+        self.index_bytes = None
+        return int(index.ntotal)
+
+    def _apply_params(self, params: dict[str, Any]) -> None:
+        import faiss
+
+        ps = faiss.ParameterSpace()
+        for key, value in (params or {}).items():
+            ps.set_index_parameter(self.index, key, value)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self._apply_params(params)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, metric: str) -> int:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        self.x = np.concatenate([self.x, vectors]) if self.x.size else vectors
+        self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
+        if self.index is not None:
+            self.index.add(normalize_rows(vectors) if metric == "ip" else vectors)
+        return int(self.x.shape[0])
+
+    def search(self, queries: np.ndarray, k: int, metric: str, factory: str | None = None,
+               params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None and factory is not None:  # restarted actor: rebuild from the reloaded shard
+            self.build_index(factory, metric, params or {})
+        if self.index is None:
+            raise RuntimeError(f"shard {self.shard}: no index built (call build_index or load)")
+        q = normalize_rows(queries) if metric == "ip" else np.ascontiguousarray(queries, np.float32)
+        dist, local = self.index.search(q, min(k, max(1, self.index.ntotal)))
+        gid = np.where(local >= 0, self.ids[np.clip(local, 0, None)], -1)
+        return dist, gid
+
+    def serialize(self) -> tuple[bytes, bytes]:
+        import faiss
+
+        buf = io.BytesIO()
+        np.save(buf, self.ids)
+        return faiss.serialize_index(self.index).tobytes(), buf.getvalue()
+
+    def load_index(self, index_bytes: bytes, params: dict[str, Any]) -> int:
+        import faiss
+
+        self.index = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+        self._apply_params(params)
+        return int(self.index.ntotal)
+
+
+def _load_shard_index(uri: str, shard: int, storage: Any):
+    import faiss
+
+    from wsiscale.io.uri import filesystem, join_uri
+
+    def read(name: str) -> bytes:
+        fs, path = filesystem(join_uri(uri, name), storage)
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+
+    index = faiss.deserialize_index(np.frombuffer(read(f"shard-{shard:04d}.faiss"), np.uint8))
+    ids = np.load(io.BytesIO(read(f"shard-{shard:04d}.ids.npy")))
+    return index, ids
+
+
+def _load_parquet_vectors(uris: list[str], column: str, storage: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of a fixed-size-list column (and the ``_gid`` column) from Parquet files."""
+    import pyarrow as pa
+
+    from wsiscale.data.shards import read_parquet
+
+    tables = [read_parquet(u, storage, [column, "_gid"]) for u in uris]
+    t = pa.concat_tables(tables)
+    dim = t.schema.field(column).type.list_size
+    x = t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    return np.ascontiguousarray(x), t.column("_gid").to_numpy()
+
+
+@dataclass
+class SearchResult:
+    """``distances`` and global ``ids`` ``[nq, k]`` (ids -1 where fewer than k vectors exist)."""
+
+    distances: np.ndarray
+    ids: np.ndarray
+
+
+class FaissPool:
+    """Driver-side handle of a pool of :class:`FaissShard` actors.
+
+    Args:
+        vectors: ``[N, D]`` float32 (split round-robin-free into contiguous shards);
+            global ids are ``0..N-1`` unless ``ids`` is given.
+        shards: number of actors.
+        num_cpus, num_gpus: resources per actor.
+        metric: ``l2`` or ``ip`` (cosine: vectors are L2-normalised).
+        ready_timeout_s: how long to wait for every actor to start before raising.
+    """
+
+    def __init__(self, vectors: np.ndarray, shards: int = 2, ids: np.ndarray | None = None, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0, metric: str = "l2", ready_timeout_s: float = 300.0) -> None:
+        import ray
+
+        x = check_vectors(vectors, "vectors")
+        if shards < 1:
+            raise IndexInputError(f"shards must be >= 1, got {shards}")
+        if shards > x.shape[0]:
+            raise IndexInputError(f"{shards} shards for {x.shape[0]} vectors: a shard would be empty; use fewer shards")
+        if metric not in ("l2", "ip"):
+            raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
+        ids = np.arange(x.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        self.dim = x.shape[1]
+        self.metric = metric
+        self.factory: str | None = None
+        self.params: dict[str, Any] = {}
+        bounds = np.linspace(0, x.shape[0], shards + 1).astype(int)
+        actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
+                                               num_gpus=num_gpus or None)
+        # the driver keeps these references alive: a restarted actor reloads its shard from them
+        self._refs = [(ray.put(x[a:b]), ray.put(ids[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.actors = [actor.remote(i, xr, ir) for i, (xr, ir) in enumerate(self._refs)]
+        self.n = int(x.shape[0])
+        self._wait_ready(num_cpus, num_gpus, ready_timeout_s)
+
+    def _wait_ready(self, num_cpus: float, num_gpus: float, timeout_s: float) -> None:
+        """Fail fast (instead of hanging) when the cluster cannot place every shard actor."""
+        import ray
+
+        refs = [a.info.remote() for a in self.actors]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            for a in self.actors:  # do not leave unschedulable actors queued in the cluster
+                ray.kill(a, no_restart=True)
+            avail = ray.available_resources()
+            raise RuntimeError(
+                f"{len(pending)} of {len(refs)} FAISS shard actors did not start within {timeout_s:.0f} s: each needs "
+                f"num_cpus={num_cpus}, num_gpus={num_gpus}; the cluster has {avail.get('CPU', 0):g} CPUs and "
+                f"{avail.get('GPU', 0):g} GPUs free. Use fewer shards, smaller per-actor resources, or more nodes")
+
+    def _all(self, method: str, *args) -> list:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def info(self) -> list[dict[str, Any]]:
+        return self._all("info")
+
+    # -- k-means -------------------------------------------------------------------------------
+    def init_centroids(self, k: int, method: str = "kmeans++", seed: int = 0, sample: int = 65536) -> np.ndarray:
+        if k > self.n:
+            raise IndexInputError(f"k={k} centroids but only {self.n} vectors: lower k or give more vectors")
+        per = max(1, sample // len(self.actors))
+        pool = np.concatenate(self._all("sample", per, seed))
+        k_sample = min(pool.shape[0], max(k, per * len(self.actors)))
+        pool = pool[:k_sample]
+        return kmeanspp_init(pool, k, seed, sample) if method == "kmeans++" else random_init(pool, k, seed)
+
+    def lloyd(self, init: np.ndarray, iters: int, spherical: bool = False, seed: int = 0) -> KMeansResult:
+        """Distributed Lloyd iterations from ``init`` (the map step runs on every shard)."""
+        init = check_vectors(init, "initial centroids", dim=self.dim)
+        c = normalize_rows(init) if spherical else init
+        history, repaired = [], 0
+        for it in range(iters):
+            sums, counts, inertia = self._reduce(c, spherical)
+            history.append(inertia)
+            c, r = update_centroids(sums, counts, c, spherical, seed + it)
+            repaired += r
+        _, counts, inertia = self._reduce(c, spherical)
+        return KMeansResult(c, inertia, history, counts, repaired)
+
+    def _reduce(self, c: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        parts = self._all("assign_stats", c, spherical)
+        return (sum(p[0] for p in parts), sum(p[1] for p in parts), float(sum(p[2] for p in parts)))
+
+    def kmeans(self, k: int, iters: int = 20, restarts: int = 1, init: str = "kmeans++", spherical: bool = False,
+               seed: int = 0) -> KMeansResult:
+        """k-means with ``restarts`` initialisations; the result with the lowest inertia is kept."""
+        if k < 1:
+            raise IndexInputError(f"k must be >= 1, got {k}")
+        best: KMeansResult | None = None
+        for r in range(restarts):
+            c0 = self.init_centroids(k, init, seed + 1000 * r)
+            res = self.lloyd(c0, iters, spherical, seed + 1000 * r)
+            log.info("k-means restart %d: inertia %.6g", r, res.inertia)
+            if best is None or res.inertia < best.inertia:
+                best = res
+        assert best is not None
+        return best
+
+    def assign(self, centroids: np.ndarray, spherical: bool = False) -> np.ndarray:
+        """Nearest-centroid label of every vector, in global-id order."""
+        labels = np.empty(self.n, np.int64)
+        for gid, lab in self._all("assign", check_vectors(centroids, "centroids", dim=self.dim), spherical):
+            labels[gid] = lab
+        return labels
+
+    # -- ANN -----------------------------------------------------------------------------------
+    def build_index(self, factory: str = "Flat", params: dict[str, Any] | None = None) -> int:
+        """Build a faiss index per shard from ``factory``; ``params`` e.g. ``{"nprobe": 16}`` or ``{"efSearch": 64}``."""
+        self.factory, self.params = factory, dict(params or {})
+        return int(sum(self._all("build_index", factory, self.metric, self.params)))
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params.update(params)
+        self._all("set_params", self.params)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> SearchResult:
+        """Top-``k`` over all shards: each shard searches, the driver merges."""
+        q = check_vectors(queries, "queries", dim=self.dim)
+        if k < 1:
+            raise IndexInputError(f"k must be >= 1, got {k}")
+        parts = self._all("search", q, k, self.metric, self.factory, self.params)
+        dist = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        dist = np.where(ids < 0, -np.inf if self.metric == "ip" else np.inf, dist)
+        order = np.argsort(-dist if self.metric == "ip" else dist, axis=1, kind="stable")[:, :k]
+        d, i = np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+        if i.shape[1] < k:
+            pad = k - i.shape[1]
+            d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.nan)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return SearchResult(d, i)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> int:
+        """Append vectors (e.g. new slides) to the smallest shard; returns the pool size."""
+        x = check_vectors(vectors, "new vectors", dim=self.dim)
+        ids = np.arange(self.n, self.n + x.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        sizes = [i["rows"] for i in self.info()]
+        target = int(np.argmin(sizes))
+        import ray
+
+        ray.get(self.actors[target].add.remote(x, ids, self.metric))
+        self.n += x.shape[0]
+        return self.n
+
+    @classmethod
+    def load(cls, uri: str, storage: Any = None, num_cpus: float = 1.0, num_gpus: float = 0.0) -> "FaissPool":
+        """A search-only pool from :meth:`save` output (each actor reads its shard's index from storage)."""
+        import ray
+
+        from wsiscale.io.uri import filesystem, join_uri
+
+        fs, path = filesystem(join_uri(uri, "index.json"), storage)
+        with fs.open(path, "rb") as fh:
+            meta = json.loads(fh.read())
+        pool = cls.__new__(cls)
+        pool.dim, pool.metric, pool.n = meta["dim"], meta["metric"], meta["n"]
+        pool.factory, pool.params = meta["factory"], meta["params"]
+        pool._refs = []
+        actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
+                                               num_gpus=num_gpus or None)
+        pool.actors = [actor.remote(s, storage=storage, index_uri=uri) for s in range(meta["shards"])]
+        pool._wait_ready(num_cpus, num_gpus, 300.0)
+        pool._all("set_params", pool.params)
+        return pool
+
+    def save(self, uri: str, storage: Any = None) -> None:
+        """Write every shard's index and ids under ``uri`` (any storage), with a JSON manifest."""
+        from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+        if self.factory is None:
+            raise RuntimeError("no index built: call build_index first")
+        for s, (index_bytes, ids_bytes) in enumerate(self._all("serialize")):
+            write_bytes_atomic(join_uri(uri, f"shard-{s:04d}.faiss"), index_bytes, storage)
+            write_bytes_atomic(join_uri(uri, f"shard-{s:04d}.ids.npy"), ids_bytes, storage)
+        meta = {"shards": len(self.actors), "dim": self.dim, "metric": self.metric, "factory": self.factory,
+                "params": self.params, "n": self.n}
+        write_bytes_atomic(join_uri(uri, "index.json"), json.dumps(meta, indent=1).encode(), storage)
