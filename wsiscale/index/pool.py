@@ -1,7 +1,7 @@
 """A pool of Ray actors, each owning a shard of vectors: distributed k-means and sharded ANN search.
 
 Each :class:`FaissShard` actor loads its shard once (from an object-store
-reference the driver keeps, or from Parquet URIs) and keeps it in memory;
+reference the driver keeps, or a saved index from storage) and keeps it in memory;
 it is created with ``max_restarts=-1, max_task_retries=-1``, so a killed
 actor is restarted by Ray, reloads its shard in its constructor, and the
 calls in flight are retried: k-means and searches continue with the same
@@ -53,9 +53,8 @@ def _faiss_gpu_available() -> bool:
 class FaissShard:
     """One shard of vectors (Ray actor body). ``ids`` are the global ids of its rows."""
 
-    def __init__(self, shard: int, vectors: Any = None, ids: Any = None, uris: list[str] | None = None,
-                 column: str = "embedding", storage: Any = None, use_gpu: bool | None = None,
-                 index_uri: str | None = None) -> None:
+    def __init__(self, shard: int, vectors: Any = None, ids: Any = None, storage: Any = None,
+                 use_gpu: bool | None = None, index_uri: str | None = None) -> None:
         import ray
 
         self.shard = shard
@@ -63,8 +62,6 @@ class FaissShard:
         if index_uri:  # a saved pool: index + ids from storage (no raw vectors)
             self.index, self.ids = _load_shard_index(index_uri, shard, storage)
             self.x = np.zeros((0, self.index.d), np.float32)
-        elif uris:
-            self.x, self.ids = _load_parquet_vectors(uris, column, storage)
         else:
             self.x = np.ascontiguousarray(ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors, np.float32)
             self.ids = np.asarray(ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids, np.int64)
@@ -173,19 +170,6 @@ def _load_shard_index(uri: str, shard: int, storage: Any):
     index = faiss.deserialize_index(np.frombuffer(read(f"shard-{shard:04d}.faiss"), np.uint8))
     ids = np.load(io.BytesIO(read(f"shard-{shard:04d}.ids.npy")))
     return index, ids
-
-
-def _load_parquet_vectors(uris: list[str], column: str, storage: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors of a fixed-size-list column (and the ``_gid`` column) from Parquet files."""
-    import pyarrow as pa
-
-    from wsiscale.data.shards import read_parquet
-
-    tables = [read_parquet(u, storage, [column, "_gid"]) for u in uris]
-    t = pa.concat_tables(tables)
-    dim = t.schema.field(column).type.list_size
-    x = t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    return np.ascontiguousarray(x), t.column("_gid").to_numpy()
 
 
 @dataclass
