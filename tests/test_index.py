@@ -167,3 +167,55 @@ def test_slide_retrieval_finds_same_class_slides():
         assert i not in top.indices and (np.diff(top.scores) <= 1e-6).all()
         votes.append(np.bincount(labels[top.indices], minlength=4).argmax() == labels[i])
     assert np.mean(votes) > 0.9  # chance: 0.25
+
+
+def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
+    """Per-slide prototypes from an embedding run (written by the real writers) and `wsiscale retrieve`."""
+    import json
+
+    from wsiscale.cli import main
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.data.embedding import _tile_table, embed_state
+    from wsiscale.data.run_state import safe_name
+    from wsiscale.index.slides import SlideIndex, build_slide_index
+    from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    classes = rng.normal(size=(3, 4, 64)) * 3  # each class: 4 tissue patterns
+    run = str(tmp_path / "emb")
+    state = embed_state(run, WsiscaleConfig())
+    labels = {}
+    for s in range(18):
+        c = s % 3
+        sid = f"case-{s:02d}"
+        labels[sid] = c
+        n = int(rng.integers(30, 60))
+        x = classes[c][rng.integers(0, 4, n)] + rng.normal(size=(n, 64))
+        merged = pa.table({"x": pa.array(np.arange(n) * 256, pa.int64()), "y": pa.array(np.zeros(n), pa.int64()),
+                           "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), 64)})
+        table = _tile_table(sid, merged, 64, pa.float16())
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        uri = join_uri(state.slide_dir(safe_name(sid)), "embeddings.parquet")
+        write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+        state.write_done(safe_name(sid), {"status": "done", "slide_id": sid, "name": safe_name(sid), "tiles": n,
+                                          "shards": [{"path": state.relative(uri), "rows": n, "bytes": None}]})
+    state.consolidate()
+    meta = build_slide_index(run, str(tmp_path / "idx"), m=4, min_vectors=10)
+    assert meta["slides"] == 18 and meta["dim"] == 64 and meta["skipped"] == []
+    index = SlideIndex.load(str(tmp_path / "idx"))
+    correct = [np.bincount([labels[s] for s, _ in index.retrieve(sid, k=5)], minlength=3).argmax() == labels[sid]
+               for sid in labels]
+    assert np.mean(correct) > 0.9  # chance: 1/3
+    assert main(["retrieve", "--index", str(tmp_path / "idx"), "--slide", "case-04", "--k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(hits) == 3 and "case-04" not in [h["slide_id"] for h in hits]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert main(["retrieve", "--index", str(tmp_path / "idx"), "--slide", "case-4"]) == 2
+    assert main(["index", "build", "--embeddings", run, "--out", str(tmp_path / "idx2"), "--m", "2",
+                 "--min-vectors", "40"]) == 0
+    small = json.loads((tmp_path / "idx2" / "index.json").read_text())
+    assert small["m"] == 2 and 0 < len(small["skipped"]) < 18 and small["slides"] + len(small["skipped"]) == 18

@@ -1,4 +1,5 @@
-"""``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``demo``, ``config``.
+"""``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
+``retrieve``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -178,6 +179,44 @@ def _encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_build(args: argparse.Namespace) -> int:
+    from wsiscale.index.slides import build_slide_index
+    from wsiscale.io.uri import join_uri
+
+    cfg = _load(args)
+    out = args.out or join_uri(cfg.output, "slide-index")
+    meta = build_slide_index(args.embeddings, out, m=args.m or cfg.index.prototypes_per_slide,
+                             min_vectors=cfg.index.min_regions_per_slide if args.min_vectors is None else args.min_vectors,
+                             storage=cfg.storage)
+    console.print(f"{meta['slides']} slides x {meta['m']} prototypes ({meta['dim']}-d) -> [bold]{out}[/bold]"
+                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else ""),
+                  highlight=False)
+    return 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from wsiscale.index.slides import SlideIndex
+    from wsiscale.io.uri import join_uri
+
+    cfg = _load(args)
+    index = SlideIndex.load(args.index or join_uri(cfg.output, "slide-index"), cfg.storage)
+    try:
+        hits = index.retrieve(args.slide, k=args.k)
+    except KeyError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc.args[0]}", highlight=False)
+        return 2
+    t = Table(title=f"slides most similar to {args.slide} (matched prototypes, cosine)")
+    t.add_column("rank", justify="right")
+    t.add_column("slide")
+    t.add_column("score", justify="right")
+    for rank, (sid, score) in enumerate(hits, 1):
+        t.add_row(str(rank), sid, f"{score:.4f}")
+    console.print(t)
+    if args.json:
+        print(json.dumps([{"slide_id": s, "score": sc} for s, sc in hits]))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from wsiscale.demo import run_demo
 
@@ -240,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered tile encoders")
     _common(p)
     p.set_defaults(func=_encoders)
+
+    p = sub.add_parser("index", help="slide-level index: per-slide prototypes of an embedding run")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="compute M prototypes per slide (SLPD) from an embedding run")
+    b.add_argument("--embeddings", required=True, help="embedding run directory")
+    b.add_argument("--out", help="index directory (default: <output>/slide-index)")
+    b.add_argument("--m", type=int, help="prototypes per slide (default: index.prototypes_per_slide)")
+    b.add_argument("--min-vectors", type=int, help="leave out slides with fewer embeddings (default: index.min_regions_per_slide)")
+    _common(b)
+    b.set_defaults(func=_index_build)
+
+    p = sub.add_parser("retrieve", help="the slides most similar to a slide (optimal prototype matching)")
+    p.add_argument("--slide", required=True, help="query slide id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--index", help="index directory (default: <output>/slide-index)")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=_retrieve)
 
     p = sub.add_parser("demo", help="end-to-end demo on a generated cohort with a local Ray")
     p.add_argument("--out", default="wsiscale-demo", help="output directory (default: ./wsiscale-demo)")

@@ -30,6 +30,7 @@ def progress_bar() -> Progress:
 def setup_logging(level: str | int = "INFO") -> None:
     """Route ``logging`` through rich on stderr (idempotent)."""
     root = logging.getLogger()
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every CPU-feature probe at INFO
     if any(isinstance(h, RichHandler) for h in root.handlers):
         root.setLevel(level)
         return
