@@ -219,3 +219,12 @@ def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
                  "--min-vectors", "40"]) == 0
     small = json.loads((tmp_path / "idx2" / "index.json").read_text())
     assert small["m"] == 2 and 0 < len(small["skipped"]) < 18 and small["slides"] + len(small["skipped"]) == 18
+    # `wsiscale cluster`: k-means of every embedding of the run on the actor pool (the 12 true patterns)
+    assert main(["cluster", "--embeddings", run, "--out", str(tmp_path / "km"), "--k", "12",
+                 "--set", "index.kmeans_restarts=2", "--set", "index.shards=2"]) == 0
+    km = json.loads((tmp_path / "km" / "clusters.json").read_text())
+    assign = pq.read_table(tmp_path / "km" / "assignments.parquet")
+    assert km["vectors"] == assign.num_rows == sum(json.loads(p.read_text())["tiles"]
+                                                   for p in (tmp_path / "emb" / "_state" / "done").iterdir())
+    assert np.load(tmp_path / "km" / "centroids.npy").shape == (12, 64)
+    assert sorted(set(assign.column("cluster").to_pylist())) == list(range(12))

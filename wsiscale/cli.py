@@ -1,5 +1,5 @@
 """``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
-``retrieve``, ``demo``, ``config``.
+``retrieve``, ``cluster``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -179,6 +179,29 @@ def _encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from wsiscale.demo import start_ray
+    from wsiscale.index.slides import cluster_embeddings
+    from wsiscale.io.uri import join_uri
+
+    cfg = _load(args)
+    out = args.out or join_uri(cfg.output, "clusters")
+    started = start_ray(cfg)
+    try:
+        meta = cluster_embeddings(args.embeddings, out, k=args.k or cfg.index.kmeans_k, iters=cfg.index.kmeans_iters,
+                                  restarts=cfg.index.kmeans_restarts, shards=cfg.index.shards, spherical=args.spherical,
+                                  storage=cfg.storage)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    console.print(f"k-means: {meta['vectors']:,} vectors ({meta['dim']}-d) -> {meta['k']} clusters, inertia "
+                  f"{meta['inertia']:.6g}, {meta['empty_repaired']} empty clusters repaired -> [bold]{out}[/bold]",
+                  highlight=False)
+    return 0
+
+
 def _index_build(args: argparse.Namespace) -> int:
     from wsiscale.index.slides import build_slide_index
     from wsiscale.io.uri import join_uri
@@ -279,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered tile encoders")
     _common(p)
     p.set_defaults(func=_encoders)
+
+    p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
+    p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")
+    p.add_argument("--out", help="output directory (default: <output>/clusters)")
+    p.add_argument("--k", type=int, help="clusters (default: index.kmeans_k)")
+    p.add_argument("--spherical", action="store_true", help="cosine k-means on normalised vectors")
+    _common(p)
+    p.set_defaults(func=_cluster)
 
     p = sub.add_parser("index", help="slide-level index: per-slide prototypes of an embedding run")
     isub = p.add_subparsers(dest="index_command", required=True)

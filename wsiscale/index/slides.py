@@ -1,4 +1,8 @@
-"""Slide-level index from an embedding run: per-slide prototypes on disk, retrieval by slide id.
+"""Embedding runs to clusters and slide indexes: k-means on the actor pool, per-slide prototypes, retrieval.
+
+``cluster_embeddings`` runs k-means over every embedding of a run on a
+:class:`~wsiscale.index.pool.FaissPool` and writes ``centroids.npy`` and
+per-vector assignments (``assignments.parquet``: ``slide_id, x, y, cluster``).
 
 ``build_slide_index`` reads every completed slide of an embedding run (tile or
 region embeddings), computes ``m`` prototypes per slide with
@@ -117,3 +121,55 @@ class SlideIndex:
         i = self.position[slide_id]
         got = self.retriever.query(self.prototypes[i], k=k, exclude=i)
         return [(self.slide_ids[j], float(s)) for j, s in zip(got.indices, got.scores)]
+
+
+def read_run_vectors(embeddings: str, storage: Any = None) -> tuple[pa.Table, np.ndarray]:
+    """``(keys, vectors)`` of every completed slide of an embedding run: keys ``slide_id, x, y``; vectors ``[N, D]``."""
+    state = RunState(embeddings, storage, data_dir="embeddings")
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first")
+    keys, vecs = [], []
+    for shards in slides.column("shards").to_pylist():
+        for s in json.loads(shards):
+            t = read_parquet(state.absolute(s["path"]), storage)
+            if t.num_rows == 0:
+                continue
+            if (t.schema.metadata or {}).get(b"wsiscale.region_shape"):
+                raise IndexInputError(f"{state.uri} holds region embeddings: cluster a tiles-mode run "
+                                      "(or use `wsiscale index build`, which handles regions)")
+            d = t.schema.field("embedding").type.list_size
+            vecs.append(t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                        .astype(np.float32).reshape(-1, d))
+            keys.append(t.select(["slide_id", "x", "y"]))
+    if not vecs:
+        raise IndexInputError(f"{state.uri}: no embeddings to cluster")
+    return pa.concat_tables(keys), np.concatenate(vecs)
+
+
+def cluster_embeddings(embeddings: str, out: str, k: int, iters: int = 20, restarts: int = 1, shards: int = 2,
+                       spherical: bool = False, seed: int = 0, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                       storage: Any = None) -> dict[str, Any]:
+    """k-means of all of a run's embeddings on the FAISS actor pool; writes centroids and assignments to ``out``."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from wsiscale.index.pool import FaissPool
+
+    keys, x = read_run_vectors(embeddings, storage)
+    pool = FaissPool(x, shards=min(shards, x.shape[0]), num_cpus=num_cpus, num_gpus=num_gpus)
+    res = pool.kmeans(k, iters=iters, restarts=restarts, spherical=spherical, seed=seed)
+    labels = pool.assign(res.centroids, spherical)
+    out = normalize_uri(out)
+    buf = io.BytesIO()
+    np.save(buf, res.centroids)
+    write_bytes_atomic(join_uri(out, "centroids.npy"), buf.getvalue(), storage)
+    sink = pa.BufferOutputStream()
+    pq.write_table(keys.append_column("cluster", pa.array(labels.astype(np.int32))), sink)
+    write_bytes_atomic(join_uri(out, "assignments.parquet"), sink.getvalue().to_pybytes(), storage)
+    meta = {"embeddings": normalize_uri(embeddings), "vectors": int(x.shape[0]), "dim": int(x.shape[1]), "k": k,
+            "iters": iters, "restarts": restarts, "spherical": spherical, "inertia": res.inertia,
+            "history": res.history, "empty_repaired": res.repaired, "sizes": res.counts.tolist()}
+    write_bytes_atomic(join_uri(out, "clusters.json"), json.dumps(meta, indent=1).encode(), storage)
+    return meta
