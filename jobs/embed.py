@@ -25,7 +25,6 @@ import wsiscale  # noqa: F401  (first: cuCIM before anything that may import tor
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -93,21 +92,18 @@ def _preflight(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import print_embedding_summary
-    from wsiscale.config import ConfigError, load_config
+    from wsiscale.cli import load_job_config, print_embedding_summary
+    from wsiscale.config import ConfigError
     from wsiscale.data.embedding import run_embedding
     from wsiscale.io.manifest import ManifestError
-    from wsiscale.progress import console, setup_logging
+    from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_job_config(args.config, args.overrides)
     except ConfigError as exc:
         console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
         return 2
-    setup_logging(cfg.log_level)
-    if cfg.ray.address is None and os.environ.get("RAY_ADDRESS"):
-        cfg.ray.address = "auto"  # submitted as a Ray job: join that cluster, never start a local Ray
 
     try:
         _preflight(cfg)

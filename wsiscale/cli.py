@@ -110,12 +110,32 @@ def _manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slides_row(s: dict) -> str:
+    """The ``slides`` line shared by the tiling and embedding summaries."""
+    return (f"{s['done']} / {s['total']} done ({s['done_this_run']} this run, "
+            f"{s['skipped_already_done']} already done), {s['failed']} failed, {s['pending']} pending")
+
+
+def load_job_config(config: str | None, overrides: list[str]) -> WsiscaleConfig:
+    """Config for a ``jobs/`` entrypoint: load, set up logging, and join the cluster when run as a Ray job.
+
+    Raises:
+        ConfigError: unreadable or invalid configuration.
+    """
+    import os
+
+    cfg = load_config(config, overrides)
+    setup_logging(cfg.log_level)
+    if cfg.ray.address is None and os.environ.get("RAY_ADDRESS"):
+        cfg.ray.address = "auto"  # submitted as a Ray job: join that cluster, never start a local Ray
+    return cfg
+
+
 def print_tiling_summary(summary: dict) -> None:
     """Rich table of a tiling run summary (see :func:`wsiscale.data.tiling.run_tiling`)."""
     s, t = summary["slides"], summary["tiles"]
     table = Table(title=f"tiling run {summary['run']}", show_header=False)
-    table.add_row("slides", f"{s['done']} / {s['total']} done ({s['done_this_run']} this run, "
-                  f"{s['skipped_already_done']} already done), {s['failed']} failed, {s['pending']} pending")
+    table.add_row("slides", _slides_row(s))
     table.add_row("tiles", f"{t['total']:,} ({t['this_run']:,} this run, pixels: {summary['pixels']})")
     table.add_row("throughput", f"{summary['tiles_per_s']:,.0f} tiles/s, {summary['slides_per_s']:.2f} slides/s "
                   f"over {summary['seconds']:.1f} s")
@@ -146,8 +166,7 @@ def print_embedding_summary(summary: dict) -> None:
     """Rich table of an embedding run summary (see :func:`wsiscale.data.embedding.run_embedding`)."""
     s, t = summary["slides"], summary["tiles"]
     table = Table(title=f"embedding run {summary['run']} ({summary['encoder']}, {summary['mode']})", show_header=False)
-    table.add_row("slides", f"{s['done']} / {s['total']} done ({s['done_this_run']} this run, "
-                  f"{s['skipped_already_done']} already done), {s['failed']} failed, {s['pending']} pending")
+    table.add_row("slides", _slides_row(s))
     table.add_row("tiles", f"{t['total']:,} ({t['this_run']:,} this run)")
     table.add_row("throughput", f"{summary['tiles_per_s']:,.1f} tiles/s over {summary['seconds']:.1f} s")
     console.print(table)

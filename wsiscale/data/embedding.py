@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import replace
@@ -38,13 +37,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wsiscale.config import TilingConfig, WsiscaleConfig, save_config
 from wsiscale.data.run_state import RunState, safe_name
-from wsiscale.data.shards import read_parquet, remove_uris
+from wsiscale.data.shards import list_names, parquet_bytes, read_parquet, remove_uris
 from wsiscale.data.tiles import decode_image, resize_tiles
-from wsiscale.data.tiling import _describe_error, _limit_threads, _mpp_value, _now
+from wsiscale.data.tiling import _describe_error, _limit_threads, _manifest_blocks, _mpp_value, _now
 from wsiscale.io.tiling import TilePlan, read_tile
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
 
@@ -57,12 +55,6 @@ EMBED_SLIDE_COLUMNS = {
     "tile_size": pa.int32(), "seconds": pa.float64(), "finished_at": pa.string(), "shards": pa.string(),
     "h5": pa.string(),
 }
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 def embed_state(run_uri: str, cfg: WsiscaleConfig) -> RunState:
@@ -205,15 +197,9 @@ def _parts_dir(state: RunState, name: str) -> str:
 
 def _list_parts(state: RunState, name: str) -> list[tuple[int, int, int, str]]:
     directory = _parts_dir(state, name)
-    fs, path = filesystem(directory, state.storage)
-    fs.invalidate_cache(path)
-    try:
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return []
     out = []
-    for e in entries:
-        m = PART_RE.match(e.rsplit("/", 1)[-1])
+    for n in list_names(directory, state.storage):
+        m = PART_RE.match(n)
         if m:
             out.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), join_uri(directory, m.group(0))))
     return sorted(out)
@@ -266,7 +252,7 @@ def finalize_slide(state: RunState, cfg: WsiscaleConfig, slide_id: str, uri: str
         out = _tile_table(slide_id, merged, dim, emb_type)
         record.update(tiles=out.num_rows)
     final = join_uri(state.slide_dir(name), "embeddings.parquet")
-    write_bytes_atomic(final, _table_bytes(out), state.storage)
+    write_bytes_atomic(final, parquet_bytes(out), state.storage)
     record["shards"] = [{"path": state.relative(final), "rows": out.num_rows, "bytes": None}]
     if cfg.embed.hdf5 and cfg.embed.mode == "tiles":
         h5 = join_uri(state.uri, "h5", f"{name}.h5")
@@ -374,7 +360,7 @@ class EmbedUDF:
                 })
                 name = safe_name(slide_id)
                 part = join_uri(_parts_dir(self.state, name), f"part-{lo:09d}-{hi:09d}-of-{n:09d}.parquet")
-                write_bytes_atomic(part, _table_bytes(table), self.state.storage)
+                write_bytes_atomic(part, parquet_bytes(table), self.state.storage)
                 self.t0.setdefault(slide_id, time.perf_counter())
                 uri = str(batch["uri"][run[0]])
                 done = finalize_slide(self.state, self.cfg, slide_id, uri, n, self.t0[slide_id])
@@ -405,13 +391,6 @@ def _inputs(cfg: WsiscaleConfig, source: str | None, manifest: str | None) -> tu
         return table, src.uri
     uri = normalize_uri(manifest or cfg.embed.manifest or cfg.ingest.manifest or join_uri(cfg.output, "manifest.parquet"))
     return read_manifest(uri, cfg.storage), uri
-
-
-def _blocks(table: pa.Table, max_blocks: int) -> list[pa.Table]:
-    cols = [c for c in ("uri", "slide_id", "mpp", "shards", "pixels") if c in table.column_names]
-    table = table.select(cols)
-    size = max(1, math.ceil(table.num_rows / max(1, min(table.num_rows, max_blocks))))
-    return [table.slice(i, size) for i in range(0, table.num_rows, size)]
 
 
 def _check_settings(state: RunState, cfg: WsiscaleConfig) -> None:
@@ -467,7 +446,7 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
         _configure_ray_data(show_progress and cfg.ingest.ray_progress)
         t0 = time.perf_counter()
         try:
-            ds = ray.data.from_arrow(_blocks(todo, cfg.ingest.max_blocks))
+            ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks, ("uri", "slide_id", "mpp", "shards", "pixels")))
             ds = ds.map_batches(
                 TileChunkUDF, batch_size=1,
                 fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri, "input_size": spec.input_size, "dim": spec.dim,

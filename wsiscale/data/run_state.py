@@ -30,9 +30,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from wsiscale.data.shards import read_parquet, remove_uris
+from wsiscale.data.shards import list_names, parquet_bytes, read_parquet, remove_uris
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -50,12 +49,6 @@ def safe_name(slide_id: str) -> str:
     digest = hashlib.sha1(slide_id.encode()).hexdigest()[:10]
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id).strip("._-")[:100] or "slide"
     return f"{cleaned}-{digest}"
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 class RunState:
@@ -84,13 +77,8 @@ class RunState:
 
     # -- listing -------------------------------------------------------------------------
     def _names(self, kind: str) -> set[str]:
-        fs, path = filesystem(join_uri(self.uri, "_state", kind), self.storage)
-        fs.invalidate_cache(path)
-        try:
-            entries = fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return set()
-        return {e.rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json")}
+        names = list_names(join_uri(self.uri, "_state", kind), self.storage)
+        return {n[: -len(".json")] for n in names if n.endswith(".json")}
 
     def completed(self) -> set[str]:
         """Names of slides with a done record."""
@@ -103,13 +91,7 @@ class RunState:
     def slide_files(self, name: str) -> list[str]:
         """URIs of every file currently in a slide's tile directory."""
         directory = self.slide_dir(name)
-        fs, path = filesystem(directory, self.storage)
-        fs.invalidate_cache(path)
-        try:
-            entries = fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
-        return [join_uri(directory, e.rsplit("/", 1)[-1]) for e in entries]
+        return [join_uri(directory, n) for n in list_names(directory, self.storage)]
 
     # -- records -------------------------------------------------------------------------
     def _write(self, kind: str, name: str, record: dict[str, Any]) -> None:
@@ -186,8 +168,8 @@ class RunState:
         for name in failed - done:  # shards a failed slide's attempts left behind
             remove_uris(self.visible_files(name), self.storage)
         failures = failures_table(self.read_records("failed", failed - done))
-        write_bytes_atomic(join_uri(self.uri, "slides.parquet"), _parquet_bytes(slides), self.storage)
-        write_bytes_atomic(join_uri(self.uri, "failures.parquet"), _parquet_bytes(failures), self.storage)
+        write_bytes_atomic(join_uri(self.uri, "slides.parquet"), parquet_bytes(slides), self.storage)
+        write_bytes_atomic(join_uri(self.uri, "failures.parquet"), parquet_bytes(failures), self.storage)
         return slides, failures
 
 

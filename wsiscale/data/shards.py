@@ -163,3 +163,21 @@ def read_parquet(uri: str, storage: "StorageConfig | None" = None, columns: list
     with fs.open(path, "rb") as fh:
         data = fh.read()
     return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as a zstd-compressed Parquet file in memory (for :func:`write_bytes_atomic`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def list_names(directory: str, storage: "StorageConfig | None" = None) -> list[str]:
+    """File names in ``directory`` (a fresh listing: fsspec caches are dropped); [] if it does not exist."""
+    fs, path = filesystem(directory, storage)
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]

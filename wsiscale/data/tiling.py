@@ -274,9 +274,13 @@ class SlideTileStreamUDF:
                         "error_type": type(exc).__name__, "message": message, "failed_at": _now()})
 
 
-def _manifest_blocks(table: pa.Table, max_blocks: int) -> list[pa.Table]:
-    """Split the manifest into at most ``max_blocks`` blocks (one slide per block when possible)."""
-    cols = [c for c in ("uri", "slide_id", "mpp") if c in table.column_names]
+def _manifest_blocks(table: pa.Table, max_blocks: int,
+                     columns: tuple[str, ...] = ("uri", "slide_id", "mpp")) -> list[pa.Table]:
+    """Split the manifest into at most ``max_blocks`` blocks (one slide per block when possible).
+
+    Only ``columns`` (those present) travel to the actors.
+    """
+    cols = [c for c in columns if c in table.column_names]
     table = table.select(cols)
     n = table.num_rows
     size = max(1, math.ceil(n / max(1, min(n, max_blocks))))

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.data.run_state import RunState
-from wsiscale.data.shards import read_parquet
+from wsiscale.data.shards import parquet_bytes, read_parquet
 from wsiscale.index.kmeans import IndexInputError
 from wsiscale.index.prototypes import SlideRetriever, batched_kmeans
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
@@ -75,12 +75,8 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     dim = p.shape[2]
     table = pa.table({"slide_id": pa.array(ids, pa.string()), "n": pa.array(ns, pa.int64()),
                       "prototypes": pa.FixedSizeListArray.from_arrays(pa.array(p.reshape(-1)), m * dim)})
-    sink = pa.BufferOutputStream()
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, sink)
     out = normalize_uri(out)
-    write_bytes_atomic(join_uri(out, "prototypes.parquet"), sink.getvalue().to_pybytes(), storage)
+    write_bytes_atomic(join_uri(out, "prototypes.parquet"), parquet_bytes(table), storage)
     meta = {"embeddings": state.uri, "slides": len(ids), "m": m, "dim": dim, "iters": iters, "skipped": skipped}
     write_bytes_atomic(join_uri(out, "index.json"), json.dumps(meta, indent=1).encode(), storage)
     if skipped:
@@ -153,8 +149,6 @@ def cluster_embeddings(embeddings: str, out: str, k: int, iters: int = 20, resta
     """k-means of all of a run's embeddings on the FAISS actor pool; writes centroids and assignments to ``out``."""
     import io
 
-    import pyarrow.parquet as pq
-
     from wsiscale.index.pool import FaissPool
 
     keys, x = read_run_vectors(embeddings, storage)
@@ -165,9 +159,8 @@ def cluster_embeddings(embeddings: str, out: str, k: int, iters: int = 20, resta
     buf = io.BytesIO()
     np.save(buf, res.centroids)
     write_bytes_atomic(join_uri(out, "centroids.npy"), buf.getvalue(), storage)
-    sink = pa.BufferOutputStream()
-    pq.write_table(keys.append_column("cluster", pa.array(labels.astype(np.int32))), sink)
-    write_bytes_atomic(join_uri(out, "assignments.parquet"), sink.getvalue().to_pybytes(), storage)
+    assignments = keys.append_column("cluster", pa.array(labels.astype(np.int32)))
+    write_bytes_atomic(join_uri(out, "assignments.parquet"), parquet_bytes(assignments), storage)
     meta = {"embeddings": normalize_uri(embeddings), "vectors": int(x.shape[0]), "dim": int(x.shape[1]), "k": k,
             "iters": iters, "restarts": restarts, "spherical": spherical, "inertia": res.inertia,
             "history": res.history, "empty_repaired": res.repaired, "sizes": res.counts.tolist()}
