@@ -9,7 +9,7 @@ import pytest
 
 from wsiscale.index.kmeans import IndexInputError, assign_stats, lloyd, random_init
 from wsiscale.index.pool import FaissPool
-from wsiscale.index.prototypes import SlideRetriever, batched_kmeans, match_prototypes
+from wsiscale.index.prototypes import SlideRetriever, batched_kmeans, match_prototypes, match_scores
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -138,6 +138,14 @@ def test_prototype_matching_equals_brute_force_permutations():
         best = max(itertools.permutations(range(4)), key=lambda p: sum(an[i] @ bn[p[i]] for i in range(4)))
         assert score == pytest.approx(np.mean([an[i] @ bn[best[i]] for i in range(4)]), abs=1e-6)
         assert tuple(perm) == best
+    # the vectorised scorer (permutations for m <= 5, Hungarian beyond) agrees with pair-by-pair matching
+    for m in (3, 6):
+        q = rng.normal(size=(5, m, 8))
+        c = rng.normal(size=(5, 7, m, 8))
+        norm = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+        got = match_scores(norm(q), norm(c))
+        want = [[match_prototypes(q[i], c[i, j])[0] for j in range(7)] for i in range(5)]
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_batched_kmeans_finds_each_slides_clusters():
@@ -223,7 +231,7 @@ def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
     assert main(["cluster", "--embeddings", run, "--out", str(tmp_path / "km"), "--k", "12",
                  "--set", "index.kmeans_restarts=2", "--set", "index.shards=2"]) == 0
     km = json.loads((tmp_path / "km" / "clusters.json").read_text())
-    assign = pq.read_table(tmp_path / "km" / "assignments.parquet")
+    assign = pq.read_table(tmp_path / "km" / "assignments")
     assert km["vectors"] == assign.num_rows == sum(json.loads(p.read_text())["tiles"]
                                                    for p in (tmp_path / "emb" / "_state" / "done").iterdir())
     assert np.load(tmp_path / "km" / "centroids.npy").shape == (12, 64)

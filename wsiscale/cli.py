@@ -207,9 +207,11 @@ def _cluster(args: argparse.Namespace) -> int:
     out = args.out or join_uri(cfg.output, "clusters")
     started = start_ray(cfg)
     try:
-        meta = cluster_embeddings(args.embeddings, out, k=args.k or cfg.index.kmeans_k, iters=cfg.index.kmeans_iters,
-                                  restarts=cfg.index.kmeans_restarts, shards=cfg.index.shards, spherical=args.spherical,
-                                  storage=cfg.storage)
+        ix = cfg.index
+        meta = cluster_embeddings(args.embeddings, out, k=args.k or ix.kmeans_k, iters=ix.kmeans_iters,
+                                  restarts=ix.kmeans_restarts, shards=ix.shards,
+                                  spherical=args.spherical or ix.kmeans_spherical, num_cpus=ix.cpus_per_actor,
+                                  num_gpus=ix.gpus_per_actor, storage=cfg.storage)
     finally:
         if started:
             import ray
@@ -222,17 +224,29 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _index_build(args: argparse.Namespace) -> int:
-    from wsiscale.index.slides import build_slide_index
+    from wsiscale.demo import start_ray
+    from wsiscale.index.slides import build_slide_index, write_neighbours
     from wsiscale.io.uri import join_uri
 
     cfg = _load(args)
     out = args.out or join_uri(cfg.output, "slide-index")
-    meta = build_slide_index(args.embeddings, out, m=args.m or cfg.index.prototypes_per_slide,
-                             min_vectors=cfg.index.min_regions_per_slide if args.min_vectors is None else args.min_vectors,
-                             storage=cfg.storage)
+    started = start_ray(cfg)
+    try:
+        ix = cfg.index
+        meta = build_slide_index(args.embeddings, out, m=args.m or ix.prototypes_per_slide, iters=ix.kmeans_iters,
+                                 min_vectors=ix.min_regions_per_slide if args.min_vectors is None
+                                 else args.min_vectors, batch_slides=ix.batch_slides, storage=cfg.storage)
+        if args.neighbours:
+            meta["neighbours"] = write_neighbours(out, args.neighbours, candidates=ix.candidates,
+                                                  index=ix.index_type, storage=cfg.storage)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     console.print(f"{meta['slides']} slides x {meta['m']} prototypes ({meta['dim']}-d) -> [bold]{out}[/bold]"
-                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else ""),
-                  highlight=False)
+                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else "")
+                  + (f"; neighbours -> {meta['neighbours']}" if args.neighbours else ""), highlight=False)
     return 0
 
 
@@ -241,7 +255,8 @@ def _retrieve(args: argparse.Namespace) -> int:
     from wsiscale.io.uri import join_uri
 
     cfg = _load(args)
-    index = SlideIndex.load(args.index or join_uri(cfg.output, "slide-index"), cfg.storage)
+    index = SlideIndex.load(args.index or join_uri(cfg.output, "slide-index"), cfg.storage,
+                            candidates=cfg.index.candidates, index=cfg.index.index_type)
     try:
         hits = index.retrieve(args.slide, k=args.k)
     except KeyError as exc:
@@ -338,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--m", type=int, help="prototypes per slide (default: index.prototypes_per_slide)")
     b.add_argument("--min-vectors", type=int, help="leave out slides with fewer embeddings (default: index.min_regions_per_slide)")
     _common(b)
+    b.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="also write neighbours.parquet: every slide's K nearest slides")
     b.set_defaults(func=_index_build)
 
     p = sub.add_parser("retrieve", help="the slides most similar to a slide (optimal prototype matching)")

@@ -188,13 +188,19 @@ class EmbedConfig(_Section):
 class IndexConfig(_Section):
     """FAISS actor pool: k-means and retrieval."""
 
-    shards: int = Field(2, ge=1)
+    shards: int = Field(2, ge=1, description="FAISS pool actors (each holds 1/shards of the vectors)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per pool actor (its faiss threads)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per pool actor: >0 uses faiss GPU indexes")
     kmeans_k: int = Field(64, ge=1)
     kmeans_iters: int = Field(20, ge=1)
     kmeans_restarts: int = Field(1, ge=1)
+    kmeans_spherical: bool = Field(False, description="cosine k-means on L2-normalised vectors")
     prototypes_per_slide: int = Field(4, ge=1, description="M in SLPD (4 NSCLC, 2 BRCA)")
     min_regions_per_slide: int = Field(16, ge=1)
-    index_type: str = Field("Flat", description="faiss index factory string per shard, e.g. IVF1024,PQ32")
+    batch_slides: int = Field(256, ge=1, description="slides per prototype task (one batched k-means)")
+    index_type: str = Field("Flat", description="faiss factory of the slide summary index (Flat = exact; "
+                            "e.g. IVF4096,Flat or HNSW32 beyond ~10^6 slides)")
+    candidates: int = Field(100, ge=1, description="summary-index candidates re-ranked by prototype matching")
     use_gpu: bool | None = Field(None, description="None = use GPUs when faiss sees them")
 
 

@@ -40,6 +40,7 @@ from wsiscale.index.kmeans import (
     random_init,
     update_centroids,
 )
+from wsiscale.index.sources import VectorFile, load_vector_files, run_vector_files, split_files
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,19 @@ class FaissShard:
     """One shard of vectors (Ray actor body). ``ids`` are the global ids of its rows."""
 
     def __init__(self, shard: int, vectors: Any = None, ids: Any = None, storage: Any = None,
-                 use_gpu: bool | None = None, index_uri: str | None = None) -> None:
+                 use_gpu: bool | None = None, index_uri: str | None = None,
+                 files: "list[VectorFile] | None" = None) -> None:
         import ray
 
         self.shard = shard
         self.index = None
+        self.storage = storage
+        self.keys = None
         if index_uri:  # a saved pool: index + ids from storage (no raw vectors)
             self.index, self.ids = _load_shard_index(index_uri, shard, storage)
             self.x = np.zeros((0, self.index.d), np.float32)
+        elif files is not None:  # its own embedding files, read here (again after a restart)
+            self.x, self.ids, self.keys = load_vector_files(files, storage)
         else:
             self.x = np.ascontiguousarray(ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors, np.float32)
             self.ids = np.asarray(ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids, np.int64)
@@ -96,6 +102,20 @@ class FaissShard:
         x = normalize_rows(self.x) if spherical else self.x
         labels, _ = nearest(x, centroids, spherical)
         return self.ids, labels
+
+    def write_assignments(self, centroids: np.ndarray, spherical: bool, out: str) -> int:
+        """Write ``part-<shard>.parquet`` under ``out``: the shard's keys and their nearest ``cluster``."""
+        import pyarrow as pa
+
+        from wsiscale.data.shards import parquet_bytes
+        from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+        if self.keys is None:
+            raise RuntimeError("write_assignments needs a pool loaded from an embedding run (FaissPool.from_embeddings)")
+        _, labels = self.assign(centroids, spherical)
+        table = self.keys.append_column("cluster", pa.array(labels.astype(np.int32)))
+        write_bytes_atomic(join_uri(out, f"part-{self.shard:05d}.parquet"), parquet_bytes(table), self.storage)
+        return int(table.num_rows)
 
     # -- ANN index -----------------------------------------------------------------------------
     def build_index(self, factory: str, metric: str, params: dict[str, Any]) -> int:
@@ -172,6 +192,18 @@ def _load_shard_index(uri: str, shard: int, storage: Any):
     return index, ids
 
 
+def _creation_error(err: Exception) -> Exception | None:
+    """The exception an actor's constructor raised, if ``err`` says so (IndexInputError, FileNotFoundError...)."""
+    for cand in (getattr(err, "cause", None), getattr(getattr(err, "cause", None), "cause", None)):
+        if cand is None:
+            continue
+        if hasattr(cand, "as_instanceof_cause"):
+            cand = cand.as_instanceof_cause()
+        if isinstance(cand, (IndexInputError, FileNotFoundError, OSError)):
+            return cand
+    return None
+
+
 @dataclass
 class SearchResult:
     """``distances`` and global ``ids`` ``[nq, k]`` (ids -1 where fewer than k vectors exist)."""
@@ -204,18 +236,46 @@ class FaissPool:
         if metric not in ("l2", "ip"):
             raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
         ids = np.arange(x.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        self.dim = x.shape[1]
-        self.metric = metric
-        self.factory: str | None = None
-        self.params: dict[str, Any] = {}
         bounds = np.linspace(0, x.shape[0], shards + 1).astype(int)
-        actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
-                                               num_gpus=num_gpus or None)
         # the driver keeps these references alive: a restarted actor reloads its shard from them
         self._refs = [(ray.put(x[a:b]), ray.put(ids[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
-        self.actors = [actor.remote(i, xr, ir) for i, (xr, ir) in enumerate(self._refs)]
-        self.n = int(x.shape[0])
+        self._start([dict(vectors=xr, ids=ir) for xr, ir in self._refs], x.shape[0], x.shape[1], metric,
+                    num_cpus, num_gpus, ready_timeout_s)
+
+    def _start(self, shard_kwargs: list[dict[str, Any]], n: int, dim: int, metric: str, num_cpus: float,
+               num_gpus: float, ready_timeout_s: float, storage: Any = None) -> None:
+        import ray
+
+        self.dim, self.metric, self.n = dim, metric, int(n)
+        self.factory: str | None = None
+        self.params: dict[str, Any] = {}
+        self.storage = storage
+        actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
+                                               num_gpus=num_gpus or None)
+        self.actors = [actor.remote(i, storage=storage, **kw) for i, kw in enumerate(shard_kwargs)]
         self._wait_ready(num_cpus, num_gpus, ready_timeout_s)
+
+    @classmethod
+    def from_embeddings(cls, embeddings: str, shards: int = 2, storage: Any = None, num_cpus: float = 1.0,
+                        num_gpus: float = 0.0, metric: str = "l2", ready_timeout_s: float = 600.0) -> "FaissPool":
+        """A pool over every tile embedding of an embedding run; each actor reads its own Parquet files.
+
+        Global ids follow the run's slide order (``slides.parquet``); the driver
+        only lists files. A restarted actor reads its files again.
+        """
+        if metric not in ("l2", "ip"):
+            raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
+        files = run_vector_files(embeddings, storage)
+        groups = split_files(files, shards)
+        pool = cls.__new__(cls)
+        pool._refs = []
+        pool._start([dict(files=g) for g in groups], sum(f.rows for f in files), 0, metric, num_cpus, num_gpus,
+                    ready_timeout_s, storage)
+        dims = {i["dim"] for i in pool.info()}
+        if len(dims) != 1:
+            raise IndexInputError(f"{embeddings}: embeddings of different dimensions {sorted(dims)} in one run")
+        pool.dim = dims.pop()
+        return pool
 
     def _wait_ready(self, num_cpus: float, num_gpus: float, timeout_s: float) -> None:
         """Fail fast (instead of hanging) when the cluster cannot place every shard actor."""
@@ -223,6 +283,16 @@ class FaissPool:
 
         refs = [a.info.remote() for a in self.actors]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:  # the constructor raised (e.g. bad vectors in a file)
+                for a in self.actors:
+                    ray.kill(a, no_restart=True)
+                cause = _creation_error(err)
+                if cause is not None:
+                    raise cause from None
+                raise
         if pending:
             for a in self.actors:  # do not leave unschedulable actors queued in the cluster
                 ray.kill(a, no_restart=True)
@@ -289,6 +359,23 @@ class FaissPool:
             labels[gid] = lab
         return labels
 
+    def write_assignments(self, centroids: np.ndarray, out: str, spherical: bool = False) -> int:
+        """Each actor writes its rows' keys and nearest cluster to ``out/part-<shard>.parquet``; returns rows.
+
+        Only for pools from :meth:`from_embeddings` (keys ``slide_id, x, y``).
+        Parts left by an earlier run with more shards are removed.
+        """
+        from wsiscale.data.shards import list_names, remove_uris
+        from wsiscale.io.uri import join_uri, normalize_uri
+
+        c = check_vectors(centroids, "centroids", dim=self.dim)
+        out = normalize_uri(out)
+        rows = int(sum(self._all("write_assignments", c, spherical, out)))
+        keep = {f"part-{s:05d}.parquet" for s in range(len(self.actors))}
+        stale = [join_uri(out, n) for n in list_names(out, self.storage) if n.startswith("part-") and n not in keep]
+        remove_uris(stale, self.storage)
+        return rows
+
     # -- ANN -----------------------------------------------------------------------------------
     def build_index(self, factory: str = "Flat", params: dict[str, Any] | None = None) -> int:
         """Build a faiss index per shard from ``factory``; ``params`` e.g. ``{"nprobe": 16}`` or ``{"efSearch": 64}``."""
@@ -339,13 +426,10 @@ class FaissPool:
         with fs.open(path, "rb") as fh:
             meta = json.loads(fh.read())
         pool = cls.__new__(cls)
-        pool.dim, pool.metric, pool.n = meta["dim"], meta["metric"], meta["n"]
-        pool.factory, pool.params = meta["factory"], meta["params"]
         pool._refs = []
-        actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
-                                               num_gpus=num_gpus or None)
-        pool.actors = [actor.remote(s, storage=storage, index_uri=uri) for s in range(meta["shards"])]
-        pool._wait_ready(num_cpus, num_gpus, 300.0)
+        pool._start([dict(index_uri=uri) for _ in range(meta["shards"])], meta["n"], meta["dim"], meta["metric"],
+                    num_cpus, num_gpus, 300.0, storage)
+        pool.factory, pool.params = meta["factory"], meta["params"]
         pool._all("set_params", pool.params)
         return pool
 

@@ -17,6 +17,7 @@ similarities); the slide score is the mean matched similarity.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +26,16 @@ from wsiscale.index.kmeans import IndexInputError, check_vectors, normalize_rows
 
 
 def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int = 0,
-                   spherical: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   spherical: bool = True, seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``m`` centroids for each group of vectors, all groups at once.
 
     Args:
         groups: ``S`` arrays ``[n_s, D]`` (e.g. the region embeddings of each slide).
         m: prototypes per group (4 for NSCLC, 2 for BRCA in SLPD).
         spherical: cosine k-means on L2-normalised vectors (SLPD's choice).
+        seeds: one seed per group: each group's result then depends only on its own
+            vectors and seed, not on which other groups share the batch (reruns and
+            differently batched runs agree); default: draws from ``seed``.
 
     Returns:
         ``(prototypes [S, m, D] float32, counts [S, m] int64)``; a group with fewer
@@ -51,16 +55,21 @@ def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int 
         x[i, : g.shape[0]] = g
         mask[i, : g.shape[0]] = True
     n = mask.sum(1)
-    rng = np.random.default_rng(seed)
+    if seeds is not None:
+        if len(seeds) != s:
+            raise IndexInputError(f"{len(seeds)} seeds for {s} groups")
+        u = np.stack([np.random.default_rng(int(sd)).random(m) for sd in seeds])  # [S, m]
+    else:
+        u = np.random.default_rng(seed).random((s, m))
     # k-means++ seeding per group, vectorised over groups
     c = np.empty((s, m, dim), np.float32)
-    first = (rng.random(s) * n).astype(int)
+    first = np.minimum((u[:, 0] * n).astype(int), n - 1)
     c[:, 0] = x[np.arange(s), first]
     d2 = ((x - c[:, :1]) ** 2).sum(-1) * mask
     for j in range(1, m):
         p = d2 / np.maximum(d2.sum(1, keepdims=True), 1e-30)
         cum = np.cumsum(p, 1)
-        r = rng.random((s, 1))
+        r = u[:, j : j + 1]
         pick = np.minimum((cum < r).sum(1), n - 1)
         pick = np.where(d2.sum(1) > 0, pick, (j % np.maximum(n, 1)))  # fewer distinct points than m: repeat
         c[:, j] = x[np.arange(s), pick]
@@ -111,6 +120,38 @@ def match_prototypes(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
     return float(sim[rows, cols].mean()), perm
 
 
+def match_scores(queries: np.ndarray, candidates: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Optimal one-to-one matching scores of many query slides against their candidate slides, vectorised.
+
+    Args:
+        queries: ``[Q, m, D]`` L2-normalised prototypes.
+        candidates: ``[Q, C, m, D]`` L2-normalised prototypes of each query's candidates.
+
+    Returns:
+        ``[Q, C]`` mean cosine similarity of the best one-to-one matching (what
+        :func:`match_prototypes` gives pair by pair). For ``m <= 5`` every
+        permutation is scored at once (exact, no Python loop over pairs);
+        larger ``m`` falls back to the Hungarian algorithm per pair.
+    """
+    q, c, m, _ = candidates.shape
+    sim = np.einsum("qid,qcjd->qcij", queries, candidates, optimize=True)  # [Q, C, m, m]
+    if m > 5:
+        from scipy.optimize import linear_sum_assignment
+
+        out = np.empty((q, c), np.float32)
+        for a in range(q):
+            for b in range(c):
+                r, col = linear_sum_assignment(-sim[a, b])
+                out[a, b] = sim[a, b][r, col].mean()
+        return out
+    perms = np.array(list(itertools.permutations(range(m))))  # [P, m]
+    out = np.empty((q, c), np.float32)
+    for lo in range(0, q, chunk):
+        s = sim[lo : lo + chunk]
+        out[lo : lo + chunk] = s[:, :, np.arange(m)[None, :], perms].mean(-1).max(-1)
+    return out
+
+
 def summary_vectors(prototypes: np.ndarray) -> np.ndarray:
     """``[S, m, D]`` -> ``[S, D]``: mean of the normalised prototypes, normalised (candidate search key)."""
     s, m, d = prototypes.shape
@@ -133,9 +174,11 @@ class SlideRetriever:
         candidates: how many candidates the summary index returns for re-ranking.
         index: faiss factory string for the summary index (``Flat`` is exact; use
             ``IVF...`` / ``HNSW32`` beyond ~10^6 slides).
+        params: faiss search parameters, e.g. ``{"nprobe": 32}``.
     """
 
-    def __init__(self, prototypes: np.ndarray, candidates: int = 100, index: str = "Flat") -> None:
+    def __init__(self, prototypes: np.ndarray, candidates: int = 100, index: str = "Flat",
+                 params: dict | None = None) -> None:
         import faiss
 
         if prototypes.ndim != 3:
@@ -148,12 +191,46 @@ class SlideRetriever:
         if not self.index.is_trained:
             self.index.train(self.summary)
         self.index.add(self.summary)
+        ps = faiss.ParameterSpace()
+        for key, value in (params or {}).items():
+            ps.set_index_parameter(self.index, key, value)
+
+    def query_batch(self, prototypes: np.ndarray, k: int = 10, exclude: np.ndarray | None = None,
+                    chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` slides for each of ``Q`` query slides' ``[Q, m, D]`` prototypes.
+
+        ``exclude``: ``[Q]`` collection index to leave out per query (the query
+        itself), or ``None``. Returns ``(indices [Q, k], scores [Q, k])``, best
+        first; ``-1`` / ``-inf`` pad when the collection has fewer slides.
+        """
+        qp = check_vectors(prototypes.reshape(-1, prototypes.shape[-1]), "query prototypes",
+                           dim=self.prototypes.shape[2])
+        if prototypes.ndim != 3 or prototypes.shape[1] != self.prototypes.shape[1]:
+            raise IndexInputError(f"query prototypes have shape {prototypes.shape}; the collection has "
+                                  f"m={self.prototypes.shape[1]} prototypes per slide: build both with the same m")
+        qp = normalize_rows(qp).reshape(prototypes.shape)
+        c = min(self.index.ntotal, max(self.candidates, k + 1))
+        _, cand = self.index.search(summary_vectors(qp), c)  # [Q, c]
+        valid = cand >= 0
+        if exclude is not None:
+            valid &= cand != np.asarray(exclude, np.int64)[:, None]
+        scores = np.full(cand.shape, -np.inf, np.float32)
+        for lo in range(0, qp.shape[0], chunk):  # bounded memory: [chunk, c, m, D] gathered at a time
+            sl = slice(lo, lo + chunk)
+            scores[sl] = match_scores(qp[sl], self.prototypes[np.where(valid[sl], cand[sl], 0)])
+        scores = np.where(valid, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        idx = np.take_along_axis(np.where(valid, cand, -1), order, 1)
+        top = np.take_along_axis(scores, order, 1).astype(np.float32)
+        if idx.shape[1] < k:
+            idx = np.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
+            top = np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-np.inf)
+        return idx, top
 
     def query(self, prototypes: np.ndarray, k: int = 10, exclude: int | None = None) -> Retrieved:
         """Top-``k`` slides for a query slide's ``[m, D]`` prototypes (``exclude``: its own index)."""
-        q = normalize_rows(check_vectors(prototypes, "query prototypes", dim=self.prototypes.shape[2]))
-        c = min(self.index.ntotal, max(self.candidates, k + 1))
-        _, cand = self.index.search(summary_vectors(q[None]), c)
-        cand = [int(i) for i in cand[0] if i >= 0 and i != exclude]
-        scored = sorted(((match_prototypes(q, self.prototypes[i])[0], i) for i in cand), reverse=True)[:k]
-        return Retrieved(np.array([i for _, i in scored], np.int64), np.array([s for s, _ in scored], np.float32))
+        if np.ndim(prototypes) != 2:
+            raise IndexInputError(f"query prototypes must be [m, D], got shape {np.shape(prototypes)}")
+        idx, top = self.query_batch(np.asarray(prototypes)[None], k, None if exclude is None else np.array([exclude]))
+        keep = idx[0] >= 0
+        return Retrieved(idx[0][keep], top[0][keep])
