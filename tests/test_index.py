@@ -177,34 +177,32 @@ def test_slide_retrieval_finds_same_class_slides():
     assert np.mean(votes) > 0.9  # chance: 0.25
 
 
-def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
-    """Per-slide prototypes from an embedding run (written by the real writers) and `wsiscale retrieve`."""
-    import json
+def _embedding_run(run: str, slides: int = 18, dim: int = 64, seed: int = 0) -> dict[str, int]:
+    """An embedding run written by the real writers: slides of 3 classes, each class 4 tissue patterns.
 
-    from wsiscale.cli import main
-    from wsiscale.config import WsiscaleConfig
-    from wsiscale.data.embedding import _tile_table, embed_state
-    from wsiscale.data.run_state import safe_name
-    from wsiscale.index.slides import SlideIndex, build_slide_index
-    from wsiscale.io.uri import join_uri, write_bytes_atomic
-
+    Returns ``{slide_id: class}``.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(0)
-    classes = rng.normal(size=(3, 4, 64)) * 3  # each class: 4 tissue patterns
-    run = str(tmp_path / "emb")
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.data.embedding import _tile_table, embed_state
+    from wsiscale.data.run_state import safe_name
+    from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+    rng = np.random.default_rng(seed)
+    classes = rng.normal(size=(3, 4, dim)) * 3
     state = embed_state(run, WsiscaleConfig())
     labels = {}
-    for s in range(18):
+    for s in range(slides):
         c = s % 3
         sid = f"case-{s:02d}"
         labels[sid] = c
         n = int(rng.integers(30, 60))
-        x = classes[c][rng.integers(0, 4, n)] + rng.normal(size=(n, 64))
+        x = classes[c][rng.integers(0, 4, n)] + rng.normal(size=(n, dim))
         merged = pa.table({"x": pa.array(np.arange(n) * 256, pa.int64()), "y": pa.array(np.zeros(n), pa.int64()),
-                           "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), 64)})
-        table = _tile_table(sid, merged, 64, pa.float16())
+                           "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), dim)})
+        table = _tile_table(sid, merged, dim, pa.float16())
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         uri = join_uri(state.slide_dir(safe_name(sid)), "embeddings.parquet")
@@ -212,6 +210,20 @@ def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
         state.write_done(safe_name(sid), {"status": "done", "slide_id": sid, "name": safe_name(sid), "tiles": n,
                                           "shards": [{"path": state.relative(uri), "rows": n, "bytes": None}]})
     state.consolidate()
+    return labels
+
+
+def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
+    """Per-slide prototypes from an embedding run (written by the real writers) and `wsiscale retrieve`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from wsiscale.cli import main
+    from wsiscale.index.slides import SlideIndex, build_slide_index
+
+    run = str(tmp_path / "emb")
+    labels = _embedding_run(run)
     meta = build_slide_index(run, str(tmp_path / "idx"), m=4, min_vectors=10)
     assert meta["slides"] == 18 and meta["dim"] == 64 and meta["skipped"] == []
     index = SlideIndex.load(str(tmp_path / "idx"))
@@ -236,3 +248,98 @@ def test_slide_index_from_an_embedding_run_and_cli(tmp_path, capsys):
                                                    for p in (tmp_path / "emb" / "_state" / "done").iterdir())
     assert np.load(tmp_path / "km" / "centroids.npy").shape == (12, 64)
     assert sorted(set(assign.column("cluster").to_pylist())) == list(range(12))
+
+
+def test_pool_loads_its_shards_from_an_embedding_run(tmp_path):
+    """Actors read their own Parquet files: same vectors and k-means as in-process, reload after a kill."""
+    import pyarrow.parquet as pq
+
+    from wsiscale.index.kmeans import nearest
+    from wsiscale.index.sources import load_vector_files, run_vector_files, split_files
+
+    run = str(tmp_path / "emb")
+    _embedding_run(run, slides=9, dim=32)
+    files = run_vector_files(run)
+    x, ids, keys = load_vector_files(files)
+    assert (ids == np.arange(len(x))).all() and keys.column_names == ["slide_id", "x", "y"]
+    groups = split_files(files, 2)
+    assert [f for g in groups for f in g] == files and len(groups) == 2
+    assert abs(sum(f.rows for f in groups[0]) - sum(f.rows for f in groups[1])) <= max(f.rows for f in files)
+    pool = FaissPool.from_embeddings(run, shards=2, num_cpus=0.5)
+    assert pool.n == len(x) and pool.dim == 32 and sum(i["rows"] for i in pool.info()) == len(x)
+    init = random_init(x, 6, seed=1)
+    ref = lloyd(x, init, iters=5)
+    np.testing.assert_allclose(pool.lloyd(init, iters=5).centroids, ref.centroids, atol=1e-4)
+    pids = {i["pid"] for i in pool.info()}
+    _kill(pool.actors[1])  # the restarted actor reads its files again
+    np.testing.assert_allclose(pool.lloyd(init, iters=5).centroids, ref.centroids, atol=1e-4)
+    assert {i["pid"] for i in pool.info()} != pids
+    out = tmp_path / "assign"
+    (out).mkdir()
+    (out / "part-00007.parquet").write_bytes(b"stale part of an earlier run with more shards")
+    assert pool.write_assignments(ref.centroids, str(out)) == len(x)
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    got = pq.read_table(out).to_pandas().sort_values(["slide_id", "x"]).reset_index(drop=True)
+    want = keys.to_pandas().assign(cluster=nearest(x, ref.centroids)[0]).sort_values(["slide_id", "x"])
+    np.testing.assert_array_equal(got["cluster"].to_numpy(), want["cluster"].to_numpy())
+    # a file with NaN embeddings: the actor's constructor error reaches the caller, naming the file
+    bad = files[4].uri
+    t = pq.read_table(bad)
+    import pyarrow as pa
+
+    emb = t.column("embedding").combine_chunks()
+    vals = emb.flatten().to_numpy(zero_copy_only=False).copy()
+    vals[5] = np.nan
+    t = t.set_column(t.column_names.index("embedding"), "embedding",
+                     pa.FixedSizeListArray.from_arrays(pa.array(vals, emb.type.value_type), emb.type.list_size))
+    pq.write_table(t, bad)
+    with pytest.raises(IndexInputError, match=r"NaN or inf .*") as err:
+        FaissPool.from_embeddings(run, shards=2, num_cpus=0.5)
+    assert bad.split("/")[-2] in str(err.value)
+
+
+def test_index_and_cluster_jobs(tmp_path, capsys):
+    """jobs/index.py writes prototypes and every slide's neighbours; jobs/cluster.py k-means; bad input exits 2."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    def job(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    run = str(tmp_path / "emb")
+    labels = _embedding_run(run, slides=15)
+    out = tmp_path / "idx"
+    assert job("index").main(["--embeddings", run, "--out", str(out), "--neighbours", "4",
+                              "--set", "index.min_regions_per_slide=1", "--set", "index.batch_slides=4"]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["slides"] == 15 and len(meta["files"]) >= 1 and (out / "wsiscale.config.yaml").exists()
+    nb = pq.read_table(out / "neighbours.parquet").to_pylist()
+    assert len(nb) == 15
+    for row in nb:
+        assert len(row["neighbours"]) == 4 and row["slide_id"] not in row["neighbours"]
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+    votes = [np.bincount([labels[s] for s in r["neighbours"]], minlength=3).argmax() == labels[r["slide_id"]]
+             for r in nb]
+    assert np.mean(votes) > 0.9
+    # per-slide seeds: batching does not change a slide's prototypes
+    assert job("index").main(["--embeddings", run, "--out", str(tmp_path / "idx2"),
+                              "--set", "index.min_regions_per_slide=1", "--set", "index.batch_slides=15"]) == 0
+    from wsiscale.index.slides import SlideIndex
+
+    a, b = SlideIndex.load(str(out)), SlideIndex.load(str(tmp_path / "idx2"))
+    pa_ = dict(zip(a.slide_ids, a.prototypes))
+    for sid, p in zip(b.slide_ids, b.prototypes):
+        np.testing.assert_allclose(pa_[sid], p, atol=1e-5)
+    assert job("cluster").main(["--embeddings", run, "--out", str(tmp_path / "km"), "--k", "12",
+                                "--set", "index.cpus_per_actor=0.5", "--json"]) == 0
+    km = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert km["k"] == 12 and km["shards"] == 2 and km["vectors"] == pq.read_table(tmp_path / "km" / "assignments").num_rows
+    assert job("cluster").main(["--embeddings", str(tmp_path / "nothing"), "--k", "3"]) == 2
+    assert job("cluster").main(["--embeddings", run, "--k", "100000", "--out", str(tmp_path / "km2"),
+                                "--set", "index.cpus_per_actor=0.5"]) == 2

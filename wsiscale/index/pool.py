@@ -193,15 +193,20 @@ def _load_shard_index(uri: str, shard: int, storage: Any):
 
 
 def _creation_error(err: Exception) -> Exception | None:
-    """The exception an actor's constructor raised, if ``err`` says so (IndexInputError, FileNotFoundError...)."""
-    for cand in (getattr(err, "cause", None), getattr(getattr(err, "cause", None), "cause", None)):
-        if cand is None:
-            continue
-        if hasattr(cand, "as_instanceof_cause"):
-            cand = cand.as_instanceof_cause()
-        if isinstance(cand, (IndexInputError, FileNotFoundError, OSError)):
-            return cand
-    return None
+    """The input error an actor's constructor raised (bad vectors, missing file), rebuilt from ``err``.
+
+    Ray reports a failed actor constructor as ``ActorDiedError``, which keeps only
+    the text of the original exception, so the error type and message are parsed back.
+    """
+    import re
+
+    if not getattr(err, "actor_init_failed", False):
+        return None
+    found = list(re.finditer(r"(wsiscale\.index\.kmeans\.IndexInputError|FileNotFoundError): (.*)", str(err)))
+    if not found:
+        return None
+    kind, message = found[-1].group(1), found[-1].group(2).strip()
+    return IndexInputError(message) if kind.endswith("IndexInputError") else FileNotFoundError(message)
 
 
 @dataclass

@@ -25,8 +25,8 @@ import numpy as np
 from wsiscale.index.kmeans import IndexInputError, check_vectors, normalize_rows
 
 
-def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int = 0,
-                   spherical: bool = True, seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int = 0, spherical: bool = True,
+                   seeds: list[int] | None = None, restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``m`` centroids for each group of vectors, all groups at once.
 
     Args:
@@ -36,6 +36,8 @@ def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int 
         seeds: one seed per group: each group's result then depends only on its own
             vectors and seed, not on which other groups share the batch (reruns and
             differently batched runs agree); default: draws from ``seed``.
+        restarts: k-means++ initialisations per group; each group keeps its own best
+            (lowest inertia) run, as SLPD's "several restarts".
 
     Returns:
         ``(prototypes [S, m, D] float32, counts [S, m] int64)``; a group with fewer
@@ -44,6 +46,8 @@ def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int 
     """
     if not groups:
         raise IndexInputError("no groups to cluster")
+    if seeds is not None and len(seeds) != len(groups):
+        raise IndexInputError(f"{len(seeds)} seeds for {len(groups)} groups")
     dim = groups[0].shape[1] if np.ndim(groups[0]) == 2 else -1
     xs = [check_vectors(g, f"group {i}", dim=dim) for i, g in enumerate(groups)]
     if spherical:
@@ -54,49 +58,70 @@ def batched_kmeans(groups: list[np.ndarray], m: int, iters: int = 20, seed: int 
     for i, g in enumerate(xs):
         x[i, : g.shape[0]] = g
         mask[i, : g.shape[0]] = True
+    best_c, best_counts, best_inertia = None, None, None
+    for r in range(max(1, restarts)):
+        if seeds is not None:
+            u = np.stack([np.random.default_rng((int(sd), r)).random(m) for sd in seeds])  # [S, m]
+        else:
+            u = np.random.default_rng((seed, r)).random((s, m))
+        c, counts, inertia = _batched_lloyd(x, mask, u, m, iters, spherical)
+        if best_c is None:
+            best_c, best_counts, best_inertia = c, counts, inertia
+        else:
+            better = inertia < best_inertia
+            best_c[better], best_counts[better], best_inertia[better] = c[better], counts[better], inertia[better]
+    return best_c.astype(np.float32), best_counts.astype(np.int64)
+
+
+def _batched_lloyd(x: np.ndarray, mask: np.ndarray, u: np.ndarray, m: int, iters: int,
+                   spherical: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means++ seeding from uniforms ``u [S, m]`` + Lloyd on padded groups ``x [S, N, D]``.
+
+    Returns ``(centroids [S, m, D], counts [S, m], inertia [S])``.
+    """
+    s, _, dim = x.shape
     n = mask.sum(1)
-    if seeds is not None:
-        if len(seeds) != s:
-            raise IndexInputError(f"{len(seeds)} seeds for {s} groups")
-        u = np.stack([np.random.default_rng(int(sd)).random(m) for sd in seeds])  # [S, m]
-    else:
-        u = np.random.default_rng(seed).random((s, m))
-    # k-means++ seeding per group, vectorised over groups
+    xx = np.einsum("snd,snd->sn", x, x)
+
+    def sqdist(c: np.ndarray) -> np.ndarray:  # [S, N, m]
+        d = xx[..., None] - 2 * np.einsum("snd,smd->snm", x, c) + np.einsum("smd,smd->sm", c, c)[:, None, :]
+        return np.maximum(d, 0.0)
+
+    rows = np.arange(s)
     c = np.empty((s, m, dim), np.float32)
-    first = np.minimum((u[:, 0] * n).astype(int), n - 1)
-    c[:, 0] = x[np.arange(s), first]
-    d2 = ((x - c[:, :1]) ** 2).sum(-1) * mask
+    c[:, 0] = x[rows, np.minimum((u[:, 0] * n).astype(int), n - 1)]
+    d2 = sqdist(c[:, :1])[..., 0] * mask
     for j in range(1, m):
         p = d2 / np.maximum(d2.sum(1, keepdims=True), 1e-30)
-        cum = np.cumsum(p, 1)
-        r = u[:, j : j + 1]
-        pick = np.minimum((cum < r).sum(1), n - 1)
+        pick = np.minimum((np.cumsum(p, 1) < u[:, j : j + 1]).sum(1), n - 1)
         pick = np.where(d2.sum(1) > 0, pick, (j % np.maximum(n, 1)))  # fewer distinct points than m: repeat
-        c[:, j] = x[np.arange(s), pick]
-        d2 = np.minimum(d2, ((x - c[:, j : j + 1]) ** 2).sum(-1) * mask)
-    for _ in range(iters):
+        c[:, j] = x[rows, pick]
+        d2 = np.minimum(d2, sqdist(c[:, j : j + 1])[..., 0] * mask)
+
+    def assign(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if spherical:
             score = np.einsum("snd,smd->snm", x, c)
-            assign = score.argmax(-1)
-        else:
-            dist = (x**2).sum(-1)[..., None] - 2 * np.einsum("snd,smd->snm", x, c) + (c**2).sum(-1)[:, None, :]
-            assign = dist.argmin(-1)
-        onehot = (assign[..., None] == np.arange(m)) & mask[..., None]  # [S, N, m]
+            a = score.argmax(-1)
+            return a, (2.0 - 2.0 * np.take_along_axis(score, a[..., None], -1)[..., 0])
+        dist = sqdist(c)
+        a = dist.argmin(-1)
+        return a, np.take_along_axis(dist, a[..., None], -1)[..., 0]
+
+    for _ in range(iters):
+        a, _ = assign(c)
+        onehot = (a[..., None] == np.arange(m)) & mask[..., None]  # [S, N, m]
         counts = onehot.sum(1)
         sums = np.einsum("snm,snd->smd", onehot.astype(np.float32), x)
         new = np.where(counts[..., None] > 0, sums / np.maximum(counts[..., None], 1), c)
         if spherical:
             new = normalize_rows(new.reshape(-1, dim)).reshape(s, m, dim)
-        if np.allclose(new, c, atol=1e-7):
-            c = new
+        done = np.allclose(new, c, atol=1e-7)
+        c = new.astype(np.float32)
+        if done:
             break
-        c = new
-    if spherical:
-        assign = np.einsum("snd,smd->snm", x, c).argmax(-1)
-    else:
-        assign = (((x[:, :, None] - c[:, None]) ** 2).sum(-1)).argmin(-1)
-    counts = ((assign[..., None] == np.arange(m)) & mask[..., None]).sum(1)
-    return c.astype(np.float32), counts.astype(np.int64)
+    a, dist = assign(c)
+    counts = ((a[..., None] == np.arange(m)) & mask[..., None]).sum(1)
+    return c, counts, (dist * mask).sum(1)
 
 
 def match_prototypes(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
