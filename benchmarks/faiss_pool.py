@@ -24,9 +24,10 @@ force, all cores) against the pool's sharded ``IVF<nlist>,Flat`` at several
 ``prototypes``: ``--slides`` synthetic slides x ``--regions`` regions x
 ``--proto-d`` (each slide mixes a few of 64 shared tissue patterns, like a
 class), ``m`` prototypes per slide with :func:`batched_kmeans` (one process,
-and fanned out over Ray tasks), then slide-neighbour search: summary-vector
-candidates + exact re-ranking for every slide, and recall@10 against exact
-matching over the whole collection for ``--exact-queries`` slides.
+and fanned out over Ray tasks), then slide-neighbour search for every slide
+on Ray actors (summary-vector candidates + exact re-ranking), and recall@10
+against exact matching over the whole collection for ``--exact-queries``
+slides, at several candidate counts.
 
     python benchmarks/faiss_pool.py kmeans [--n 1000000] [--k 1024] [--iters 20]
     python benchmarks/faiss_pool.py ann [--ann-n 1000000]
@@ -183,7 +184,7 @@ def _prototype_batch(start: int, count: int, regions: int, d: int, m: int) -> np
 def bench_prototypes(args: argparse.Namespace) -> dict:
     import ray
 
-    from wsiscale.index.prototypes import SlideRetriever, match_scores, normalize_rows
+    from wsiscale.index.prototypes import SlideRetriever, all_neighbours, match_scores, normalize_rows
 
     s, r, d, m, b = args.slides, args.regions, args.proto_d, args.m, args.batch_slides
     print(f"prototypes: {s:,} slides x {r} regions x {d}-d -> m={m} per slide", flush=True)
@@ -205,38 +206,43 @@ def bench_prototypes(args: argparse.Namespace) -> dict:
         refs = [task.remote(lo, min(b, s - lo), r, d, m) for lo in range(0, s, b)]
         protos = np.concatenate(ray.get(refs))
         dist_s = time.perf_counter() - t0
+        print(f"  Ray tasks ({args.shards} CPUs, generation included): {s / dist_s:,.0f} slides/s, {dist_s:.1f} s total",
+              flush=True)
+        t0 = time.perf_counter()
+        idx, _ = all_neighbours(protos, k=10, candidates=args.candidates, workers=args.shards)
+        all_s = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    print(f"  Ray tasks ({args.shards} CPUs, generation included): {s / dist_s:,.0f} slides/s, {dist_s:.1f} s total",
-          flush=True)
+    print(f"  slide-neighbour search for all {s:,} slides (top-10, {args.candidates} candidates re-ranked, "
+          f"{args.shards} Ray actors): {all_s:.1f} s ({s / all_s:,.0f} slides/s)", flush=True)
     _, cls = slide_regions(0, s, 1, 4)  # classes only (same per-slide rng stream start)
-    t0 = time.perf_counter()
-    retriever = SlideRetriever(protos, candidates=args.candidates)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx, _ = retriever.query_batch(protos, k=10, exclude=np.arange(s))
-    all_s = time.perf_counter() - t0
-    print(f"  slide-neighbour search for all {s:,} slides (top-10, {args.candidates} candidates re-ranked): "
-          f"{all_s:.1f} s ({s / all_s:,.0f} slides/s; summary index built in {build_s:.1f} s)", flush=True)
     rng = np.random.default_rng(0)
     qs = rng.choice(s, args.exact_queries, replace=False)
     pn = normalize_rows(protos.reshape(-1, d)).reshape(protos.shape)
-    recalls, same = [], []
+    exact = {}
     t0 = time.perf_counter()
     for qi in qs:
         sc = match_scores(pn[qi][None], pn[None])[0]
         sc[qi] = -np.inf
-        exact = np.argpartition(-sc, 10)[:10]
-        recalls.append(len(set(exact) & set(idx[qi])) / 10)
-        same.append(np.mean(cls[idx[qi]] == cls[qi]))
+        exact[int(qi)] = set(np.argpartition(-sc, 10)[:10].tolist())
     exact_s = (time.perf_counter() - t0) / len(qs)
-    rec = float(np.mean(recalls))
-    print(f"  recall@10 vs exact matching over all slides ({len(qs)} queries): {rec:.4f}; exact search "
-          f"{exact_s * 1e3:.0f} ms/query vs {all_s / s * 1e3:.2f} ms/query ({exact_s * s / all_s:.0f}x); "
-          f"same-class neighbours {np.mean(same):.3f} (chance 1/16)", flush=True)
+    rec_all = float(np.mean([len(exact[int(q)] & set(idx[q].tolist())) / 10 for q in qs]))
+    same = float(np.mean([np.mean(cls[idx[q]] == cls[q]) for q in qs]))
+    print(f"  exact matching against all slides: {exact_s * 1e3:.0f} ms/query; recall@10 of the all-slides search "
+          f"{rec_all:.4f}; same-class neighbours {same:.3f} (chance 1/16)", flush=True)
+    sweep = []
+    for cand in args.candidate_sweep:
+        retriever = SlideRetriever(protos, candidates=cand)
+        t0 = time.perf_counter()
+        got, _ = retriever.query_batch(protos[qs], k=10, exclude=qs)
+        per_q = (time.perf_counter() - t0) / len(qs)
+        rec = float(np.mean([len(exact[int(q)] & set(g.tolist())) / 10 for q, g in zip(qs, got)]))
+        sweep.append({"candidates": cand, "recall@10": rec, "ms_per_query": per_q * 1e3})
+        print(f"    {cand:5d} candidates: recall@10 {rec:.4f}, {per_q * 1e3:.2f} ms/query "
+              f"({exact_s / per_q:,.0f}x faster than exact)", flush=True)
     return {"slides_per_s_one_process": 1 / one, "slides_per_s_ray": s / dist_s, "prototype_s": dist_s,
-            "neighbour_search_s": all_s, "recall@10": rec, "exact_ms_per_query": exact_s * 1e3,
-            "same_class": float(np.mean(same))}
+            "neighbour_search_s": all_s, "recall@10": rec_all, "exact_ms_per_query": exact_s * 1e3,
+            "same_class": same, "sweep": sweep}
 
 
 def main() -> None:
@@ -259,7 +265,8 @@ def main() -> None:
     ap.add_argument("--proto-d", type=int, default=256)
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--batch-slides", type=int, default=1000)
-    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--candidates", type=int, default=300)
+    ap.add_argument("--candidate-sweep", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--exact-queries", type=int, default=200)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = build_slide_index(embeddings, out, m=ix.prototypes_per_slide, iters=ix.kmeans_iters,
                                  min_vectors=ix.min_regions_per_slide, batch_slides=ix.batch_slides,
-                                 storage=cfg.storage)
+                                 restarts=ix.prototype_restarts, storage=cfg.storage)
         save_config(cfg, out, cfg.storage)
         if args.neighbours:
             meta["neighbours"] = write_neighbours(out, args.neighbours, candidates=ix.candidates,
-                                                  index=ix.index_type, storage=cfg.storage)
+                                                  index=ix.index_type, params=ix.search_params,
+                                                  storage=cfg.storage)
     except (IndexInputError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2

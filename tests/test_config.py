@@ -79,3 +79,14 @@ def test_saved_config_to_s3(s3_bucket):
     body = client.get_object(Bucket=bucket, Key=f"runs/1/{CONFIG_FILENAME}")["Body"].read()
     assert yaml.safe_load(body)["storage"]["endpoint_url"] == endpoint
     assert fsspec  # s3fs-backed write went through the same endpoint
+
+
+@pytest.mark.parametrize("name", ["demo", "tile", "embed", "index"])
+def test_job_configs_load(name):
+    """Every shipped jobs/configs/*.yaml is a valid config (a typo there would fail a submitted job)."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "jobs" / "configs" / f"{name}.yaml"
+    assert sorted(p.stem for p in path.parent.glob("*.yaml")) == ["demo", "embed", "index", "tile"]
+    cfg = load_config(str(path))
+    assert isinstance(cfg, WsiscaleConfig)

@@ -343,3 +343,41 @@ def test_index_and_cluster_jobs(tmp_path, capsys):
     assert job("cluster").main(["--embeddings", str(tmp_path / "nothing"), "--k", "3"]) == 2
     assert job("cluster").main(["--embeddings", run, "--k", "100000", "--out", str(tmp_path / "km2"),
                                 "--set", "index.cpus_per_actor=0.5"]) == 2
+
+
+@pytest.mark.slow
+def test_retrieval_on_a_generated_cohort_finds_same_class_slides(tmp_path):
+    """Generated slides -> tiles -> resnet18_l3 embeddings -> prototypes -> retrieval: same label first.
+
+    15 slides (5 per label: normal, glandular tumour, solid tumour), embedded by the
+    real pipeline with a seeded random-weight encoder; the 3 retrieved slides' majority
+    label must match the query's far above chance (1/3).
+    """
+    import pyarrow.parquet as pq
+
+    from wsiscale.cli import main
+    from wsiscale.config import SynthConfig, WsiscaleConfig
+    from wsiscale.data.embedding import run_embedding
+    from wsiscale.synth.cohort import build_cohort
+
+    manifest = build_cohort(SynthConfig(n_slides=15, width=3072, height=3072, seed=11, pen_mark_probability=0.0),
+                            tmp_path / "slides", workers=2)
+    labels = {r["slide_id"]: r["label"] for r in pq.read_table(manifest).to_pylist()}
+    assert sorted(np.bincount(list(labels.values()))) == [5, 5, 5]
+    cfg = WsiscaleConfig()
+    cfg.storage.staging_dir = str(tmp_path / "staging")
+    cfg.ingest.ray_progress = False
+    cfg.embed.weights = "random"
+    cfg.embed.actors = cfg.embed.reader_actors = (1, 1)
+    cfg.embed.reader_cpus, cfg.embed.cpus_per_actor = 0.5, 1.5
+    cfg.embed.memory_gb_per_actor = 1.2
+    cfg.embed.batch_size = 32
+    summary = run_embedding(cfg, manifest=str(manifest), out=str(tmp_path / "emb"), show_progress=False)
+    assert summary["slides"]["done"] == 15
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx"),
+                 "--m", "4", "--min-vectors", "4", "--neighbours", "3"]) == 0
+    rows = pq.read_table(tmp_path / "idx" / "neighbours.parquet").to_pylist()
+    assert len(rows) == 15
+    votes = [np.bincount([labels[s] for s in r["neighbours"]], minlength=3).argmax() == labels[r["slide_id"]]
+             for r in rows]
+    assert np.mean(votes) >= 0.6  # measured 0.73 (seeds 11/12/13 of the cohort: 0.73 / 0.67 / 0.87)

@@ -235,10 +235,12 @@ def _index_build(args: argparse.Namespace) -> int:
         ix = cfg.index
         meta = build_slide_index(args.embeddings, out, m=args.m or ix.prototypes_per_slide, iters=ix.kmeans_iters,
                                  min_vectors=ix.min_regions_per_slide if args.min_vectors is None
-                                 else args.min_vectors, batch_slides=ix.batch_slides, storage=cfg.storage)
+                                 else args.min_vectors, batch_slides=ix.batch_slides, restarts=ix.prototype_restarts,
+                                 storage=cfg.storage)
         if args.neighbours:
             meta["neighbours"] = write_neighbours(out, args.neighbours, candidates=ix.candidates,
-                                                  index=ix.index_type, storage=cfg.storage)
+                                                  index=ix.index_type, params=ix.search_params,
+                                                  storage=cfg.storage)
     finally:
         if started:
             import ray
@@ -256,7 +258,8 @@ def _retrieve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     index = SlideIndex.load(args.index or join_uri(cfg.output, "slide-index"), cfg.storage,
-                            candidates=cfg.index.candidates, index=cfg.index.index_type)
+                            candidates=cfg.index.candidates, index=cfg.index.index_type,
+                            params=cfg.index.search_params)
     try:
         hits = index.retrieve(args.slide, k=args.k)
     except KeyError as exc:

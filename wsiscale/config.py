@@ -197,10 +197,14 @@ class IndexConfig(_Section):
     kmeans_spherical: bool = Field(False, description="cosine k-means on L2-normalised vectors")
     prototypes_per_slide: int = Field(4, ge=1, description="M in SLPD (4 NSCLC, 2 BRCA)")
     min_regions_per_slide: int = Field(16, ge=1)
+    prototype_restarts: int = Field(3, ge=1, description="k-means++ restarts per slide (best kept per slide)")
     batch_slides: int = Field(256, ge=1, description="slides per prototype task (one batched k-means)")
     index_type: str = Field("Flat", description="faiss factory of the slide summary index (Flat = exact; "
                             "e.g. IVF4096,Flat or HNSW32 beyond ~10^6 slides)")
-    candidates: int = Field(100, ge=1, description="summary-index candidates re-ranked by prototype matching")
+    candidates: int = Field(1000, ge=1, description="summary-index candidates re-ranked by exact prototype matching "
+                            "(recall vs exact matching grows with it; see docs/faiss-pool.md)")
+    search_params: dict[str, float] = Field(default_factory=dict, description="faiss search parameters of the "
+                                            "summary index, e.g. {nprobe: 32} (IVF) or {efSearch: 128} (HNSW)")
     use_gpu: bool | None = Field(None, description="None = use GPUs when faiss sees them")
 
 

@@ -202,7 +202,7 @@ class SlideRetriever:
         params: faiss search parameters, e.g. ``{"nprobe": 32}``.
     """
 
-    def __init__(self, prototypes: np.ndarray, candidates: int = 100, index: str = "Flat",
+    def __init__(self, prototypes: np.ndarray, candidates: int = 1000, index: str = "Flat",
                  params: dict | None = None) -> None:
         import faiss
 
@@ -259,3 +259,47 @@ class SlideRetriever:
         idx, top = self.query_batch(np.asarray(prototypes)[None], k, None if exclude is None else np.array([exclude]))
         keep = idx[0] >= 0
         return Retrieved(idx[0][keep], top[0][keep])
+
+
+class _RetrieverShard:
+    """Ray actor body: a :class:`SlideRetriever` over the whole collection, answering ranges of its slides."""
+
+    def __init__(self, prototypes: np.ndarray, candidates: int, index: str, params: dict | None) -> None:
+        self.retriever = SlideRetriever(prototypes, candidates=candidates, index=index, params=params)
+
+    def neighbours(self, lo: int, hi: int, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+        idx, scores = self.retriever.query_batch(self.retriever.prototypes[lo:hi], k=k, exclude=np.arange(lo, hi))
+        return lo, idx, scores
+
+
+def all_neighbours(prototypes: np.ndarray, k: int = 10, candidates: int = 1000, index: str = "Flat",
+                   params: dict | None = None, chunk: int = 2048, workers: int | None = None,
+                   num_cpus: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other slides of every slide of a collection: ``(indices [S, k], scores [S, k])``.
+
+    With Ray running, ``workers`` actors (default: one per free CPU) each build
+    the retriever once and answer chunks of ``chunk`` slides (an actor that dies
+    is restarted and its chunk retried); without Ray, one process does it all.
+    This is the slide-neighbour step of SLPD's clustering step.
+    """
+    import ray
+
+    s = prototypes.shape[0]
+    starts = list(range(0, s, chunk))
+    if workers is None and ray.is_initialized():
+        workers = int(max(1, min(len(starts), ray.available_resources().get("CPU", 1) // max(num_cpus, 1e-3))))
+    if not ray.is_initialized() or (workers or 1) <= 1 or len(starts) == 1:
+        local = _RetrieverShard(prototypes, candidates, index, params)
+        parts = [local.neighbours(lo, min(lo + chunk, s), k) for lo in starts]
+    else:
+        from ray.util import ActorPool
+
+        ref = ray.put(np.ascontiguousarray(prototypes, np.float32))
+        actor = ray.remote(_RetrieverShard).options(num_cpus=num_cpus, max_restarts=-1, max_task_retries=-1)
+        pool = ActorPool([actor.remote(ref, candidates, index, params) for _ in range(workers)])
+        parts = list(pool.map_unordered(lambda a, lo: a.neighbours.remote(lo, min(lo + chunk, s), k), starts))
+    idx = np.empty((s, k), np.int64)
+    scores = np.empty((s, k), np.float32)
+    for lo, i, sc in parts:
+        idx[lo : lo + len(i)], scores[lo : lo + len(i)] = i, sc
+    return idx, scores

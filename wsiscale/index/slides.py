@@ -29,7 +29,7 @@ import pyarrow as pa
 from wsiscale.data.run_state import RunState
 from wsiscale.data.shards import parquet_bytes, read_parquet
 from wsiscale.index.kmeans import IndexInputError
-from wsiscale.index.prototypes import SlideRetriever, batched_kmeans
+from wsiscale.index.prototypes import SlideRetriever, all_neighbours, batched_kmeans
 from wsiscale.index.sources import table_vectors
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
 
@@ -48,7 +48,7 @@ def slide_seed(slide_id: str, seed: int) -> int:
 
 
 def prototype_batch(batch: pa.Table, run: str, storage: Any, m: int, iters: int, min_vectors: int,
-                    seed: int) -> pa.Table:
+                    seed: int, restarts: int = 1) -> pa.Table:
     """Prototypes of a batch of slides (rows ``slide_id, shards`` of an embedding run's ``slides.parquet``).
 
     Returns ``slide_id, n, prototypes`` (``m * D`` float32; null for slides
@@ -61,7 +61,7 @@ def prototype_batch(batch: pa.Table, run: str, storage: Any, m: int, iters: int,
     flat: list[Any] = [None] * len(sids)
     if keep:
         p, _ = batched_kmeans([groups[i] for i in keep], m, iters=iters, spherical=True,
-                              seeds=[slide_seed(sids[i], seed) for i in keep])
+                              seeds=[slide_seed(sids[i], seed) for i in keep], restarts=restarts)
         for j, i in enumerate(keep):
             flat[i] = p[j].reshape(-1)
     return pa.table({"slide_id": pa.array(sids, pa.string()),
@@ -70,8 +70,8 @@ def prototype_batch(batch: pa.Table, run: str, storage: Any, m: int, iters: int,
 
 
 def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, min_vectors: int = 1,
-                      batch_slides: int = 256, seed: int = 0, storage: Any = None, cpus_per_task: float = 1.0,
-                      max_rows_per_file: int = 100_000) -> dict[str, Any]:
+                      batch_slides: int = 256, seed: int = 0, restarts: int = 1, storage: Any = None,
+                      cpus_per_task: float = 1.0, max_rows_per_file: int = 100_000) -> dict[str, Any]:
     """Prototypes of every slide of an embedding run, computed on Ray Data tasks and written to ``out``.
 
     Slides go to tasks in batches of ``batch_slides``; each task reads its
@@ -94,7 +94,8 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     blocks = _manifest_blocks(slides, max(1, -(-slides.num_rows // batch_slides)), ("slide_id", "shards"))
     ds = ray.data.from_arrow(blocks).map_batches(
         prototype_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpus_per_task,
-        fn_kwargs=dict(run=state.uri, storage=storage, m=m, iters=iters, min_vectors=min_vectors, seed=seed))
+        fn_kwargs=dict(run=state.uri, storage=storage, m=m, iters=iters, min_vectors=min_vectors, seed=seed,
+                       restarts=restarts))
     directory = join_uri(out, "prototypes")
     writer: ShardWriter | None = None
     n_slides, dim, skipped = 0, None, []
@@ -120,6 +121,7 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     stale = [join_uri(directory, n) for n in list_names(directory, storage) if n.endswith(".parquet") and n not in written]
     remove_uris(stale, storage)
     meta = {"embeddings": state.uri, "slides": n_slides, "m": m, "dim": dim, "iters": iters, "seed": seed,
+            "restarts": restarts,
             "files": sorted(written), "skipped": sorted(skipped)}
     write_bytes_atomic(join_uri(out, "index.json"), json.dumps(meta, indent=1).encode(), storage)
     if skipped:
@@ -138,14 +140,17 @@ class SlideIndex:
         index: faiss factory of the summary index (``Flat`` exact; ``IVF...``/``HNSW32`` for 10^6+ slides).
     """
 
-    def __init__(self, slide_ids: list[str], prototypes: np.ndarray, candidates: int = 100, index: str = "Flat") -> None:
+    def __init__(self, slide_ids: list[str], prototypes: np.ndarray, candidates: int = 1000, index: str = "Flat",
+                 params: dict | None = None) -> None:
         self.slide_ids = slide_ids
         self.position = {s: i for i, s in enumerate(slide_ids)}
         self.prototypes = prototypes
-        self.retriever = SlideRetriever(prototypes, candidates=candidates, index=index)
+        self.index_type, self.params = index, dict(params or {})
+        self.retriever = SlideRetriever(prototypes, candidates=candidates, index=index, params=self.params)
 
     @classmethod
-    def load(cls, uri: str, storage: Any = None, candidates: int = 100, index: str = "Flat") -> "SlideIndex":
+    def load(cls, uri: str, storage: Any = None, candidates: int = 1000, index: str = "Flat",
+             params: dict | None = None) -> "SlideIndex":
         from wsiscale.io.uri import filesystem
 
         fs, path = filesystem(join_uri(normalize_uri(uri), "index.json"), storage)
@@ -155,7 +160,7 @@ class SlideIndex:
         t = pa.concat_tables(parts)
         flat = t.column("prototypes").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         ids = t.column("slide_id").to_pylist()
-        return cls(ids, flat.reshape(len(ids), meta["m"], meta["dim"]).astype(np.float32), candidates, index)
+        return cls(ids, flat.reshape(len(ids), meta["m"], meta["dim"]).astype(np.float32), candidates, index, params)
 
     def retrieve(self, slide_id: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` slides most similar to ``slide_id`` (itself excluded), best first, with scores."""
@@ -168,17 +173,20 @@ class SlideIndex:
         got = self.retriever.query(self.prototypes[i], k=k, exclude=i)
         return [(self.slide_ids[j], float(s)) for j, s in zip(got.indices, got.scores)]
 
-    def neighbours(self, k: int = 10, batch: int = 4096) -> pa.Table:
-        """The ``k`` nearest slides of every slide: ``slide_id, neighbours (list), scores (list)``, best first."""
+    def neighbours(self, k: int = 10, chunk: int = 2048, workers: int | None = None) -> pa.Table:
+        """The ``k`` nearest slides of every slide: ``slide_id, neighbours (list), scores (list)``, best first.
+
+        Runs on Ray actors when Ray is running (see :func:`~wsiscale.index.prototypes.all_neighbours`).
+        """
+        r = self.retriever
+        idx, scores = all_neighbours(self.prototypes, k, candidates=r.candidates, index=self.index_type,
+                                     params=self.params, chunk=chunk, workers=workers)
         names = np.array(self.slide_ids, dtype=object)
         out_ids, out_scores = [], []
-        for lo in range(0, len(self.slide_ids), batch):
-            hi = min(lo + batch, len(self.slide_ids))
-            idx, scores = self.retriever.query_batch(self.prototypes[lo:hi], k=k, exclude=np.arange(lo, hi))
-            for row, sc in zip(idx, scores):
-                keep = row >= 0
-                out_ids.append(names[row[keep]].tolist())
-                out_scores.append(sc[keep].tolist())
+        for row, sc in zip(idx, scores):
+            keep = row >= 0
+            out_ids.append(names[row[keep]].tolist())
+            out_scores.append(sc[keep].tolist())
         return pa.table({"slide_id": pa.array(self.slide_ids, pa.string()),
                          "neighbours": pa.array(out_ids, pa.list_(pa.string())),
                          "scores": pa.array(out_scores, pa.list_(pa.float32()))})
@@ -210,10 +218,10 @@ def cluster_embeddings(embeddings: str, out: str, k: int, iters: int = 20, resta
     return meta
 
 
-def write_neighbours(index_uri: str, k: int = 10, candidates: int = 100, index: str = "Flat",
-                     storage: Any = None) -> str:
+def write_neighbours(index_uri: str, k: int = 10, candidates: int = 1000, index: str = "Flat",
+                     params: dict | None = None, storage: Any = None) -> str:
     """Every slide's ``k`` nearest slides of a slide index, written atomically to ``<index>/neighbours.parquet``."""
-    si = SlideIndex.load(index_uri, storage, candidates=candidates, index=index)
+    si = SlideIndex.load(index_uri, storage, candidates=candidates, index=index, params=params)
     uri = join_uri(normalize_uri(index_uri), "neighbours.parquet")
     write_bytes_atomic(uri, parquet_bytes(si.neighbours(k)), storage)
     return uri
