@@ -83,3 +83,9 @@ def test_demo_end_to_end(tmp_path):
     assert emb["slides"]["done"] == 3 and emb["tiles"]["total"] == tiling["tiles"]["total"]
     table = pq.read_table(out / "embeddings" / "embeddings")
     assert table.num_rows == tiling["tiles"]["total"] and table.schema.field("embedding").type.list_size == 256
+    # stage 5: k-means on the FAISS pool and the slide index with every slide's nearest slide
+    index = summary["index"]
+    assert index["vectors"] == tiling["tiles"]["total"] and index["k"] == 64
+    assert pq.read_table(out / "clusters" / "assignments").num_rows == tiling["tiles"]["total"]
+    assert index["slides_indexed"] == 3 and set(index["nearest"]) == {r["slide_id"] for r in rows}
+    assert all(other != sid for sid, (other, _) in index["nearest"].items())

@@ -6,8 +6,10 @@ regions); tile the cohort with the Ray Data ingest pipeline into JPEG tile
 shards (``<out>/tiles``); embed the tiles with ``embed.encoder`` on an
 encoder actor pool (``<out>/embeddings``; no checkpoints are downloaded, so
 unless ``embed.weights`` points at one the demo uses a seeded random
-initialisation and says so). Later stages (pretraining, clustering,
-retrieval) extend this same command.
+initialisation and says so); k-means of every tile embedding on the FAISS
+actor pool (``<out>/clusters``) and per-slide prototypes with every slide's
+nearest slide (``<out>/slide-index``). Later stages (pretraining, the
+methods) extend this same command.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/4 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/5 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/4 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/5 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -68,7 +70,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/4 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        console.print(f"3/5 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
         from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
@@ -78,8 +80,11 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             cfg.embed.weights = "random"
             console.print(f"   (no embed.weights given: {cfg.embed.encoder} with a seeded random initialisation; "
                           "point embed.weights at a local checkpoint for real features)")
-        console.print(f"4/4 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
+        console.print(f"4/5 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
         embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
+        console.print(f"5/5 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
+                      f"{out / 'slide-index'}")
+        index = _index_stage(cfg, out)
     finally:
         if started:
             ray.shutdown()
@@ -107,8 +112,9 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
     console.print(t)
     print_tiling_summary(tiling)
     print_embedding_summary(embedding)
+    _print_index_stage(index, labels)
     summary = out / "summary.json"
-    summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding,
+    summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
@@ -118,6 +124,45 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - bad_summaries} slides summarised, "
         f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
         f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
-        f"embeddings in {out / 'embeddings'}, config in {out / 'wsiscale.config.yaml'}"
+        f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
+        f"config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1
+
+
+def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
+    """k-means of every tile embedding on the FAISS pool, per-slide prototypes, every slide's nearest slide."""
+    import ray
+
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.index.slides import build_slide_index, cluster_embeddings, write_neighbours
+
+    ix = cfg.index
+    emb = str(out / "embeddings")
+    free = ray.available_resources().get("CPU", 1.0)
+    shards = max(1, min(ix.shards, int(free) or 1))
+    clusters = cluster_embeddings(emb, str(out / "clusters"), k=ix.kmeans_k, iters=ix.kmeans_iters,
+                                  restarts=ix.kmeans_restarts, shards=shards, spherical=ix.kmeans_spherical,
+                                  num_cpus=min(ix.cpus_per_actor, free / shards), storage=cfg.storage)
+    meta = build_slide_index(emb, str(out / "slide-index"), m=ix.prototypes_per_slide, iters=ix.kmeans_iters,
+                             min_vectors=ix.min_regions_per_slide, batch_slides=ix.batch_slides,
+                             restarts=ix.prototype_restarts, storage=cfg.storage)
+    uri = write_neighbours(str(out / "slide-index"), k=1, candidates=ix.candidates, index=ix.index_type,
+                           params=ix.search_params, storage=cfg.storage)
+    nb = read_parquet(uri, cfg.storage).to_pylist()
+    return {"k": clusters["k"], "vectors": clusters["vectors"], "inertia": clusters["inertia"],
+            "shards": clusters["shards"], "slides_indexed": meta["slides"], "m": meta["m"],
+            "skipped": meta["skipped"],
+            "nearest": {r["slide_id"]: [r["neighbours"][0], r["scores"][0]] for r in nb if r["neighbours"]}}
+
+
+def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
+    console.print(f"k-means: {index['vectors']:,} tile embeddings -> {index['k']} clusters on {index['shards']} "
+                  f"FAISS pool actors (inertia {index['inertia']:.4g}); {index['slides_indexed']} slides x "
+                  f"{index['m']} prototypes", highlight=False)
+    t = Table(title="nearest slide of each slide (optimal prototype matching)")
+    for col in ("slide", "label", "nearest slide", "its label", "score"):
+        t.add_column(col, justify="right" if col == "score" else "left")
+    for sid, (other, score) in sorted(index["nearest"].items()):
+        t.add_row(sid, labels.get(sid, ""), other, labels.get(other, ""), f"{score:.3f}")
+    console.print(t)

@@ -100,17 +100,26 @@ def random_init(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(x[np.sort(rng.choice(x.shape[0], k, replace=False))], dtype=np.float32)
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest centroid of every row and its squared L2 distance (or inner product if spherical)."""
+def nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool = False,
+            gpu_resources: object | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest centroid of every row and its squared L2 distance (or inner product if spherical).
+
+    ``gpu_resources``: a ``faiss.StandardGpuResources`` to search on the GPU (faiss-gpu).
+    """
     import faiss
 
-    index = faiss.IndexFlatIP(centroids.shape[1]) if spherical else faiss.IndexFlatL2(centroids.shape[1])
+    d = centroids.shape[1]
+    if gpu_resources is not None:
+        index = faiss.GpuIndexFlatIP(gpu_resources, d) if spherical else faiss.GpuIndexFlatL2(gpu_resources, d)
+    else:
+        index = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     dist, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
     return idx[:, 0], dist[:, 0]
 
 
-def assign_stats(x: np.ndarray, centroids: np.ndarray, spherical: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+def assign_stats(x: np.ndarray, centroids: np.ndarray, spherical: bool = False,
+                 gpu_resources: object | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Map step: ``(sums [k, D] float64, counts [k] int64, inertia)`` of ``x`` assigned to ``centroids``.
 
     Inertia is the sum of squared L2 distances (spherical: of ``2 - 2 cos``, the
@@ -121,7 +130,7 @@ def assign_stats(x: np.ndarray, centroids: np.ndarray, spherical: bool = False) 
     k = centroids.shape[0]
     if spherical:
         x = normalize_rows(x)
-    idx, dist = nearest(x, centroids, spherical)
+    idx, dist = nearest(x, centroids, spherical, gpu_resources)
     # per-centroid sums as a sparse one-hot [k, N] @ [N, D] product (float32 accumulation, as faiss does;
     # shards' partial sums are added in float64)
     onehot = sparse.csr_matrix((np.ones(x.shape[0], np.float32), (idx, np.arange(x.shape[0]))), shape=(k, x.shape[0]))

@@ -1,7 +1,9 @@
 """A pool of Ray actors, each owning a shard of vectors: distributed k-means and sharded ANN search.
 
-Each :class:`FaissShard` actor loads its shard once (from an object-store
-reference the driver keeps, or a saved index from storage) and keeps it in memory;
+Each :class:`FaissShard` actor loads its shard once - its own Parquet files
+of an embedding run (:meth:`FaissPool.from_embeddings`; the driver only lists
+files), an object-store reference the driver keeps (in-memory vectors), or a
+saved index from storage - and keeps it in memory;
 it is created with ``max_restarts=-1, max_task_retries=-1``, so a killed
 actor is restarted by Ray, reloads its shard in its constructor, and the
 calls in flight are retried: k-means and searches continue with the same
@@ -10,8 +12,10 @@ built with CUDA; faiss-cpu otherwise.
 
 * :meth:`FaissPool.kmeans`: Lloyd iterations as map (each shard: per-centroid
   sums, counts, inertia) + reduce (driver: new centroids, empty-cluster
-  repair), k-means++ or random init, restarts keeping the best inertia,
-  spherical option. Same centroids as single-process Lloyd / ``faiss.Kmeans``
+  repair), greedy k-means++ (on a sample drawn from every shard) or random
+  init, restarts keeping the best inertia, spherical option;
+  :meth:`FaissPool.write_assignments` has every actor write its rows'
+  clusters. Same centroids as single-process Lloyd / ``faiss.Kmeans``
   from the same initial centroids.
 * :meth:`FaissPool.build_index` / :meth:`FaissPool.search`: one faiss index
   per shard from a factory string (``Flat``, ``IVF1024,Flat``,
@@ -63,15 +67,17 @@ class FaissShard:
         self.index = None
         self.storage = storage
         self.keys = None
+        self.use_gpu = _faiss_gpu_available() if use_gpu is None else use_gpu
+        self._gpu = None  # faiss.StandardGpuResources, created on first use
         if index_uri:  # a saved pool: index + ids from storage (no raw vectors)
-            self.index, self.ids = _load_shard_index(index_uri, shard, storage)
-            self.x = np.zeros((0, self.index.d), np.float32)
+            index, self.ids = _load_shard_index(index_uri, shard, storage)
+            self.index = self._to_device(index)
+            self.x = np.zeros((0, index.d), np.float32)
         elif files is not None:  # its own embedding files, read here (again after a restart)
             self.x, self.ids, self.keys = load_vector_files(files, storage)
         else:
             self.x = np.ascontiguousarray(ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors, np.float32)
             self.ids = np.asarray(ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids, np.int64)
-        self.use_gpu = _faiss_gpu_available() if use_gpu is None else use_gpu
         self.index_bytes: bytes | None = None
         self.restarts = 0
 
@@ -93,14 +99,14 @@ class FaissShard:
         if self.x.shape[0] == 0:
             k, d = centroids.shape
             return np.zeros((k, d)), np.zeros(k, np.int64), 0.0
-        return assign_stats(self.x, centroids, spherical)
+        return assign_stats(self.x, centroids, spherical, self._gpu_resources())
 
     def assign(self, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
         """Global ids and nearest-centroid labels of the shard's rows."""
         from wsiscale.index.kmeans import nearest
 
         x = normalize_rows(self.x) if spherical else self.x
-        labels, _ = nearest(x, centroids, spherical)
+        labels, _ = nearest(x, centroids, spherical, self._gpu_resources())
         return self.ids, labels
 
     def write_assignments(self, centroids: np.ndarray, spherical: bool, out: str) -> int:
@@ -117,13 +123,43 @@ class FaissShard:
         write_bytes_atomic(join_uri(out, f"part-{self.shard:05d}.parquet"), parquet_bytes(table), self.storage)
         return int(table.num_rows)
 
+    # -- GPU --------------------------------------------------------------------------------------
+    def _gpu_resources(self) -> Any:
+        """faiss GPU resources when this actor has a GPU and faiss-gpu is installed, else None."""
+        if not self.use_gpu:
+            return None
+        if self._gpu is None:
+            import faiss
+
+            self._gpu = faiss.StandardGpuResources()  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is device 0
+        return self._gpu
+
+    def _to_device(self, index: Any) -> Any:
+        """The index on this actor's GPU when it has one (index types faiss-gpu lacks, e.g. HNSW, stay on CPU)."""
+        res = self._gpu_resources()
+        if res is None:
+            return index
+        import faiss
+
+        try:
+            return faiss.index_cpu_to_gpu(res, 0, index)
+        except (RuntimeError, AttributeError) as exc:
+            log.warning("shard %d: %s stays on the CPU (%s)", self.shard, type(index).__name__, exc)
+            return index
+
+    def _cpu_index(self) -> Any:
+        import faiss
+
+        return faiss.index_gpu_to_cpu(self.index) if self.use_gpu and hasattr(faiss, "index_gpu_to_cpu") \
+            and "Gpu" in type(self.index).__name__ else self.index
+
     # -- ANN index -----------------------------------------------------------------------------
     def build_index(self, factory: str, metric: str, params: dict[str, Any]) -> int:
         import faiss
 
         d = self.x.shape[1]
         mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-        index = faiss.index_factory(d, factory, mt)
+        index = self._to_device(faiss.index_factory(d, factory, mt))  # GPU: train and search there
         x = normalize_rows(self.x) if metric == "ip" else self.x
         if not index.is_trained:
             index.train(x)
@@ -136,7 +172,7 @@ class FaissShard:
     def _apply_params(self, params: dict[str, Any]) -> None:
         import faiss
 
-        ps = faiss.ParameterSpace()
+        ps = faiss.GpuParameterSpace() if "Gpu" in type(self.index).__name__ else faiss.ParameterSpace()
         for key, value in (params or {}).items():
             ps.set_index_parameter(self.index, key, value)
 
@@ -167,12 +203,12 @@ class FaissShard:
 
         buf = io.BytesIO()
         np.save(buf, self.ids)
-        return faiss.serialize_index(self.index).tobytes(), buf.getvalue()
+        return faiss.serialize_index(self._cpu_index()).tobytes(), buf.getvalue()
 
     def load_index(self, index_bytes: bytes, params: dict[str, Any]) -> int:
         import faiss
 
-        self.index = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+        self.index = self._to_device(faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8)))
         self._apply_params(params)
         return int(self.index.ntotal)
 
