@@ -26,10 +26,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/cluster.py", description="k-means of an embedding run on the FAISS pool.")
-    p.add_argument("--config", "-c", help="YAML config file (e.g. jobs/configs/index.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set index.shards=8 (repeatable)")
+    from wsiscale.cli import job_parser
+
+    p = job_parser("jobs/cluster.py", "k-means of an embedding run on the FAISS pool.", "jobs/configs/index.yaml",
+                   "index.shards=8")
     p.add_argument("--embeddings", help="embedding run directory (default: <output>/embeddings)")
     p.add_argument("--out", help="output directory (default: <output>/clusters)")
     p.add_argument("--k", type=int, help="clusters (default: index.kmeans_k)")
@@ -38,39 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import load_job_config
-    from wsiscale.config import ConfigError, save_config
-    from wsiscale.demo import start_ray
+    from wsiscale.cli import job_config, print_cluster_result
     from wsiscale.index.kmeans import IndexInputError
-    from wsiscale.index.slides import cluster_embeddings
-    from wsiscale.io.uri import join_uri
+    from wsiscale.index.stages import run_cluster
     from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-    except ConfigError as exc:
-        console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
+    cfg = job_config(args)
+    if cfg is None:
         return 2
-    ix = cfg.index
-    embeddings = args.embeddings or join_uri(cfg.output, "embeddings")
-    out = args.out or join_uri(cfg.output, "clusters")
-    started = start_ray(cfg)
     try:
-        meta = cluster_embeddings(embeddings, out, k=args.k or ix.kmeans_k, iters=ix.kmeans_iters,
-                                  restarts=ix.kmeans_restarts, shards=ix.shards, spherical=ix.kmeans_spherical,
-                                  num_cpus=ix.cpus_per_actor, num_gpus=ix.gpus_per_actor, storage=cfg.storage)
-        save_config(cfg, out, cfg.storage)
+        meta = run_cluster(cfg, args.embeddings, args.out, k=args.k)
     except (IndexInputError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    console.print(f"k-means: {meta['vectors']:,} vectors ({meta['dim']}-d) on {meta['shards']} actors -> {meta['k']} "
-                  f"clusters, inertia {meta['inertia']:.6g} -> [bold]{out}[/bold]", highlight=False)
+    print_cluster_result(meta)
     if args.json:
         print(json.dumps({k: v for k, v in meta.items() if k != "sizes"}))
     return 0

@@ -30,11 +30,9 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/embed.py",
-                                description="Embed every slide of a tiling run (or a manifest) on encoder actors.")
-    p.add_argument("--config", "-c", help="YAML config file (e.g. jobs/configs/embed.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set embed.actors=[1,8] (repeatable)")
+    from wsiscale.cli import job_parser
+
+    p = job_parser("jobs/embed.py", "Embed every slide of a tiling run (or a manifest) on encoder actors.", "jobs/configs/embed.yaml", "embed.actors=[1,8]")
     p.add_argument("--source", help="tiling run directory (default: embed.source); omit both to tile the manifest "
                                     "on the fly")
     p.add_argument("--manifest", help="manifest URI when there is no source (default: embed.manifest, ingest.manifest "
@@ -92,17 +90,14 @@ def _preflight(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import load_job_config, print_embedding_summary
-    from wsiscale.config import ConfigError
+    from wsiscale.cli import job_config, print_embedding_summary
     from wsiscale.data.embedding import run_embedding
     from wsiscale.io.manifest import ManifestError
     from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-    except ConfigError as exc:
-        console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
+    cfg = job_config(args)
+    if cfg is None:
         return 2
 
     try:

@@ -26,10 +26,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/index.py", description="Per-slide prototypes and slide neighbours.")
-    p.add_argument("--config", "-c", help="YAML config file (e.g. jobs/configs/index.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set index.prototypes_per_slide=2 (repeatable)")
+    from wsiscale.cli import job_parser
+
+    p = job_parser("jobs/index.py", "Per-slide prototypes and slide neighbours.", "jobs/configs/index.yaml",
+                   "index.prototypes_per_slide=2")
     p.add_argument("--embeddings", help="embedding run directory (default: <output>/embeddings)")
     p.add_argument("--out", help="index directory (default: <output>/slide-index)")
     p.add_argument("--neighbours", type=int, default=0, metavar="K",
@@ -39,44 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import load_job_config
-    from wsiscale.config import ConfigError, save_config
-    from wsiscale.demo import start_ray
+    from wsiscale.cli import job_config, print_index_result
     from wsiscale.index.kmeans import IndexInputError
-    from wsiscale.index.slides import build_slide_index, write_neighbours
-    from wsiscale.io.uri import join_uri
+    from wsiscale.index.stages import run_slide_index
     from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-    except ConfigError as exc:
-        console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
+    cfg = job_config(args)
+    if cfg is None:
         return 2
-    ix = cfg.index
-    embeddings = args.embeddings or join_uri(cfg.output, "embeddings")
-    out = args.out or join_uri(cfg.output, "slide-index")
-    started = start_ray(cfg)
     try:
-        meta = build_slide_index(embeddings, out, m=ix.prototypes_per_slide, iters=ix.kmeans_iters,
-                                 min_vectors=ix.min_regions_per_slide, batch_slides=ix.batch_slides,
-                                 restarts=ix.prototype_restarts, storage=cfg.storage)
-        save_config(cfg, out, cfg.storage)
-        if args.neighbours:
-            meta["neighbours"] = write_neighbours(out, args.neighbours, candidates=ix.candidates,
-                                                  index=ix.index_type, params=ix.search_params,
-                                                  storage=cfg.storage)
+        meta = run_slide_index(cfg, args.embeddings, args.out, neighbours=args.neighbours)
     except (IndexInputError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    console.print(f"{meta['slides']} slides x {meta['m']} prototypes ({meta['dim']}-d) -> [bold]{out}[/bold]"
-                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else "")
-                  + (f"; neighbours -> {meta['neighbours']}" if args.neighbours else ""), highlight=False)
+    print_index_result(meta)
     if args.json:
         print(json.dumps({k: v for k, v in meta.items() if k != "files"}))
     return 0

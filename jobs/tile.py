@@ -25,10 +25,9 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/tile.py", description="Build a manifest (optional) and tile every slide.")
-    p.add_argument("--config", "-c", help="YAML config file (e.g. jobs/configs/tile.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set ingest.actors=[4,128] (repeatable)")
+    from wsiscale.cli import job_parser
+
+    p = job_parser("jobs/tile.py", "Build a manifest (optional) and tile every slide.", "jobs/configs/tile.yaml", "ingest.actors=[4,128]")
     p.add_argument("--prefix", help="list the slides under this prefix or glob first (s3://, gs://, file://, local)")
     p.add_argument("--pattern", help="with --prefix: extra glob relative to the prefix, e.g. 'TCGA-*/*.svs'")
     p.add_argument("--labels", help="with --prefix: CSV/Parquet of labels to join (by slide_id, uri or filename)")
@@ -40,18 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import load_job_config, print_tiling_summary
-    from wsiscale.config import ConfigError
+    from wsiscale.cli import job_config, print_tiling_summary
     from wsiscale.data.tiling import run_tiling
     from wsiscale.io.manifest import ManifestError, build_manifest
     from wsiscale.io.uri import join_uri, normalize_uri
     from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-    except ConfigError as exc:
-        console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
+    cfg = job_config(args)
+    if cfg is None:
         return 2
 
     manifest = args.manifest

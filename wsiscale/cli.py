@@ -131,6 +131,24 @@ def load_job_config(config: str | None, overrides: list[str]) -> WsiscaleConfig:
     return cfg
 
 
+def job_parser(prog: str, description: str, config_example: str, set_example: str) -> argparse.ArgumentParser:
+    """The options every ``jobs/`` entrypoint shares: ``--config`` and repeatable ``--set``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", "-c", help=f"YAML config file (e.g. {config_example})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {set_example} (repeatable)")
+    return p
+
+
+def job_config(args: argparse.Namespace) -> WsiscaleConfig | None:
+    """:func:`load_job_config` for a parsed job command line; prints the error and returns None if invalid."""
+    try:
+        return load_job_config(args.config, args.overrides)
+    except ConfigError as exc:
+        console.print(f"[bold red]config error:[/bold red] {exc}", highlight=False)
+        return None
+
+
 def print_tiling_summary(summary: dict) -> None:
     """Rich table of a tiling run summary (see :func:`wsiscale.data.tiling.run_tiling`)."""
     s, t = summary["slides"], summary["tiles"]
@@ -198,57 +216,34 @@ def _encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_cluster_result(meta: dict) -> None:
+    """One line for a finished k-means (``wsiscale cluster``, ``jobs/cluster.py``)."""
+    console.print(f"k-means: {meta['vectors']:,} vectors ({meta['dim']}-d) on {meta['shards']} FAISS pool actors -> "
+                  f"{meta['k']} clusters, inertia {meta['inertia']:.6g}, {meta['empty_repaired']} empty clusters "
+                  f"repaired -> [bold]{meta['out']}[/bold]", highlight=False)
+
+
+def print_index_result(meta: dict) -> None:
+    """One line for a built slide index (``wsiscale index build``, ``jobs/index.py``)."""
+    console.print(f"{meta['slides']} slides x {meta['m']} prototypes ({meta['dim']}-d) -> [bold]{meta['out']}[/bold]"
+                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else "")
+                  + (f"; neighbours -> {meta['neighbours']}" if meta.get("neighbours") else ""), highlight=False)
+
+
 def _cluster(args: argparse.Namespace) -> int:
-    from wsiscale.demo import start_ray
-    from wsiscale.index.slides import cluster_embeddings
-    from wsiscale.io.uri import join_uri
+    from wsiscale.index.stages import run_cluster
 
-    cfg = _load(args)
-    out = args.out or join_uri(cfg.output, "clusters")
-    started = start_ray(cfg)
-    try:
-        ix = cfg.index
-        meta = cluster_embeddings(args.embeddings, out, k=args.k or ix.kmeans_k, iters=ix.kmeans_iters,
-                                  restarts=ix.kmeans_restarts, shards=ix.shards,
-                                  spherical=args.spherical or ix.kmeans_spherical, num_cpus=ix.cpus_per_actor,
-                                  num_gpus=ix.gpus_per_actor, storage=cfg.storage)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    console.print(f"k-means: {meta['vectors']:,} vectors ({meta['dim']}-d) -> {meta['k']} clusters, inertia "
-                  f"{meta['inertia']:.6g}, {meta['empty_repaired']} empty clusters repaired -> [bold]{out}[/bold]",
-                  highlight=False)
+    meta = run_cluster(_load(args), args.embeddings, args.out, k=args.k, spherical=True if args.spherical else None)
+    print_cluster_result(meta)
     return 0
 
 
 def _index_build(args: argparse.Namespace) -> int:
-    from wsiscale.demo import start_ray
-    from wsiscale.index.slides import build_slide_index, write_neighbours
-    from wsiscale.io.uri import join_uri
+    from wsiscale.index.stages import run_slide_index
 
-    cfg = _load(args)
-    out = args.out or join_uri(cfg.output, "slide-index")
-    started = start_ray(cfg)
-    try:
-        ix = cfg.index
-        meta = build_slide_index(args.embeddings, out, m=args.m or ix.prototypes_per_slide, iters=ix.kmeans_iters,
-                                 min_vectors=ix.min_regions_per_slide if args.min_vectors is None
-                                 else args.min_vectors, batch_slides=ix.batch_slides, restarts=ix.prototype_restarts,
-                                 storage=cfg.storage)
-        if args.neighbours:
-            meta["neighbours"] = write_neighbours(out, args.neighbours, candidates=ix.candidates,
-                                                  index=ix.index_type, params=ix.search_params,
-                                                  storage=cfg.storage)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    console.print(f"{meta['slides']} slides x {meta['m']} prototypes ({meta['dim']}-d) -> [bold]{out}[/bold]"
-                  + (f"; {len(meta['skipped'])} slides with too few embeddings left out" if meta["skipped"] else "")
-                  + (f"; neighbours -> {meta['neighbours']}" if args.neighbours else ""), highlight=False)
+    meta = run_slide_index(_load(args), args.embeddings, args.out, m=args.m, min_vectors=args.min_vectors,
+                           neighbours=args.neighbours)
+    print_index_result(meta)
     return 0
 
 

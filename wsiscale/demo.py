@@ -135,21 +135,15 @@ def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
     import ray
 
     from wsiscale.data.shards import read_parquet
-    from wsiscale.index.slides import build_slide_index, cluster_embeddings, write_neighbours
+    from wsiscale.index.stages import run_cluster, run_slide_index
 
-    ix = cfg.index
     emb = str(out / "embeddings")
     free = ray.available_resources().get("CPU", 1.0)
-    shards = max(1, min(ix.shards, int(free) or 1))
-    clusters = cluster_embeddings(emb, str(out / "clusters"), k=ix.kmeans_k, iters=ix.kmeans_iters,
-                                  restarts=ix.kmeans_restarts, shards=shards, spherical=ix.kmeans_spherical,
-                                  num_cpus=min(ix.cpus_per_actor, free / shards), storage=cfg.storage)
-    meta = build_slide_index(emb, str(out / "slide-index"), m=ix.prototypes_per_slide, iters=ix.kmeans_iters,
-                             min_vectors=ix.min_regions_per_slide, batch_slides=ix.batch_slides,
-                             restarts=ix.prototype_restarts, storage=cfg.storage)
-    uri = write_neighbours(str(out / "slide-index"), k=1, candidates=ix.candidates, index=ix.index_type,
-                           params=ix.search_params, storage=cfg.storage)
-    nb = read_parquet(uri, cfg.storage).to_pylist()
+    shards = max(1, min(cfg.index.shards, int(free) or 1))
+    clusters = run_cluster(cfg, emb, str(out / "clusters"), shards=shards,
+                           num_cpus=min(cfg.index.cpus_per_actor, free / shards))
+    meta = run_slide_index(cfg, emb, str(out / "slide-index"), neighbours=1)
+    nb = read_parquet(meta["neighbours"], cfg.storage).to_pylist()
     return {"k": clusters["k"], "vectors": clusters["vectors"], "inertia": clusters["inertia"],
             "shards": clusters["shards"], "slides_indexed": meta["slides"], "m": meta["m"],
             "skipped": meta["skipped"],
