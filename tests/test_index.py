@@ -64,6 +64,7 @@ def test_spherical_kmeans_and_empty_cluster_repair():
 
 @pytest.mark.parametrize("factory, params, min_recall", [
     ("Flat", {}, 1.0), ("IVF64,Flat", {"nprobe": 16}, 0.95), ("HNSW32", {"efSearch": 128}, 0.95),
+    ("IVF64,PQ8x4,RFlat", {"nprobe": 16, "k_factor_rf": 8}, 0.95),  # IVF-PQ, exact re-ranking of 8k codes
 ])
 def test_sharded_ann_recall_vs_brute_force(factory, params, min_recall):
     x, _ = _blobs(n=20000, d=32, centers=200, seed=2)
