@@ -215,19 +215,37 @@ class DinoConfig(_Section):
     level: Literal["patch", "region"] = "region"
     embed_dim: int = Field(192, ge=8)
     depth: int = Field(6, ge=1)
+    heads: int = Field(6, ge=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
     out_dim: int = Field(65536, ge=2)
+    head_hidden_dim: int = Field(2048, ge=8)
+    head_bottleneck_dim: int = Field(256, ge=8, description="SLPD clusters this (normalised) teacher feature")
     global_crops: int = 2
     local_crops: int = 8
     global_crop_tokens: int = 14
     local_crop_tokens: int = 6
     teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = Field(0, ge=0)
     student_temp: float = 0.1
-    momentum_teacher: float = Field(0.996, ge=0, le=1)
-    lr: float = Field(1e-3, gt=0)
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    momentum_teacher: float = Field(0.996, ge=0, le=1, description="EMA momentum, cosine-increased to 1")
+    lr: float = Field(1e-3, gt=0, description="peak lr per 256 regions (linear scaling with the global batch)")
+    min_lr: float = Field(1e-6, ge=0)
+    lr_warmup_epochs: int = Field(10, ge=0)
     weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = Field(3.0, ge=0, description="0 disables gradient clipping")
+    freeze_last_layer_epochs: int = Field(1, ge=0)
     epochs: int = Field(100, ge=1)
     warmup_epochs: int = Field(20, ge=0, description="plain DINO epochs before SLPD losses start")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="regions per worker per step")
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints (and at the end)")
+    log_every: int = Field(10, ge=1, description="steps between metric reports")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="autocast dtype on GPU (CPU: fp32)")
+    seed: int = 0
     intra_weight: float = 1.0
     inter_weight: float = 1.0
     nearest_slides: int = Field(1, ge=1)

@@ -151,8 +151,9 @@ def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
 
 
 def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
-    console.print(f"k-means: {index['vectors']:,} tile embeddings -> {index['k']} clusters on {index['shards']} "
-                  f"FAISS pool actors (inertia {index['inertia']:.4g}); {index['slides_indexed']} slides x "
+    actors = f"{index['shards']} FAISS pool actor" + ("s" if index["shards"] != 1 else "")
+    console.print(f"k-means: {index['vectors']:,} tile embeddings -> {index['k']} clusters on {actors} "
+                  f"(inertia {index['inertia']:.4g}); {index['slides_indexed']} slides x "
                   f"{index['m']} prototypes", highlight=False)
     t = Table(title="nearest slide of each slide (optimal prototype matching)")
     for col in ("slide", "label", "nearest slide", "its label", "score"):

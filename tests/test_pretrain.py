@@ -1,0 +1,158 @@
+"""Pretraining building blocks against hand-computed values (DINO loss, centering, SLPD targets, schedules, EMA)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wsiscale.pretrain.augment import grid_multicrop
+from wsiscale.pretrain.heads import DINOHead
+from wsiscale.pretrain.losses import DINOLoss, prototype_targets
+from wsiscale.pretrain.region_vit import RegionViT
+from wsiscale.pretrain.schedules import cosine_schedule, ema_update, teacher_temp_schedule
+
+LN2, LN3, LN4, LN43 = math.log(2), math.log(3), math.log(4), math.log(4 / 3)
+
+
+def test_dino_loss_and_centering_by_hand():
+    # teacher targets q0 = softmax([0, ln3]) = [1/4, 3/4], q1 = [3/4, 1/4]; student views give log-probs
+    # s0 = [-ln2, -ln2], s1 = [ln 1/4, ln 3/4], s2 = [ln 3/4, ln 1/4]; pairs (q0,s1) (q0,s2) (q1,s0) (q1,s2)
+    loss = DINOLoss(out_dim=2, student_views=3, teacher_views=2, student_temp=1.0, center_momentum=0.9)
+    teacher = torch.tensor([[0.0, LN3], [LN3, 0.0]])
+    student = torch.tensor([[0.0, 0.0], [0.0, LN3], [LN3, 0.0]])
+    expected = ((0.25 * LN4 + 0.75 * LN43) + (0.25 * LN43 + 0.75 * LN4) + LN2 + (0.75 * LN43 + 0.25 * LN4)) / 4
+    assert loss(student, teacher, teacher_temp=1.0).item() == pytest.approx(expected, abs=1e-6)  # 0.732365
+    assert expected == pytest.approx(0.732365, abs=1e-6)
+    # centre: 0.9 * 0 + 0.1 * mean of the teacher outputs = 0.1 * [ln3 / 2, ln3 / 2]
+    np.testing.assert_allclose(loss.center.numpy(), [[0.1 * LN3 / 2] * 2], atol=1e-7)
+    # the centre is subtracted before sharpening: q = softmax(([0, ln3] - [0, ln3]) / 0.5) = [1/2, 1/2]
+    one = DINOLoss(out_dim=2, student_views=2, teacher_views=1, student_temp=0.5)
+    one.center.copy_(torch.tensor([[0.0, LN3]]))
+    # T = 1: view 0 is skipped; student view 1 = [0, ln3] / 0.5 = [0, 2 ln3] -> log p = [ln 1/10, ln 9/10]
+    got = one(torch.tensor([[5.0, 5.0], [0.0, LN3]]), torch.tensor([[0.0, LN3]]), teacher_temp=0.5,
+              update_center=False)
+    assert got.item() == pytest.approx(-0.5 * (math.log(0.1) + math.log(0.9)), abs=1e-6)
+
+
+def test_slpd_prototype_targets_by_hand():
+    protos = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)  # 2 slides x 3 prototypes x 2-d
+    slide, assign = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    np.testing.assert_array_equal(prototype_targets(assign, slide, protos).numpy(), [[4, 5], [6, 7], [8, 9]])
+    # slide 0's nearest slide is 1 and vice versa; prototype p of a slide matches prototype (2 - p) of the other
+    nb_slides = torch.tensor([[1], [0]])
+    nb_protos = torch.tensor([[[2], [1], [0]], [[2], [1], [0]]])
+    inter = prototype_targets(assign, slide, protos, nb_slides, nb_protos)
+    # region 0: slide 0, proto 2 -> slide 1 proto 0 = [6, 7]; region 1: slide 1, proto 0 -> slide 0 proto 2 = [4, 5];
+    # region 2: slide 1, proto 1 -> slide 0 proto 1 = [2, 3]
+    np.testing.assert_array_equal(inter.numpy(), [[6, 7], [4, 5], [2, 3]])
+
+
+def test_schedules_and_ema_by_hand():
+    np.testing.assert_allclose(cosine_schedule(1.0, 0.0, epochs=2, steps_per_epoch=2, warmup_epochs=1),
+                               [0.0, 1.0, 1.0, 0.5])
+    s = cosine_schedule(0.996, 1.0, epochs=10, steps_per_epoch=3)
+    assert s[0] == pytest.approx(0.996) and len(s) == 30 and (np.diff(s) >= 0).all() and s[-1] < 1.0
+    np.testing.assert_allclose(teacher_temp_schedule(0.04, 0.07, 3, 5), [0.04, 0.055, 0.07, 0.07, 0.07])
+    teacher, student = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    teacher.weight.data.fill_(1.0)
+    student.weight.data.fill_(3.0)
+    ema_update(teacher, student, 0.75)
+    assert teacher.weight.item() == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)  # 1.5
+
+
+def test_region_vit_head_and_multicrop_shapes():
+    torch.manual_seed(0)
+    vit = RegionViT(input_dim=32, embed_dim=24, depth=2, num_heads=4, grid=16)
+    rng = np.random.default_rng(0)
+    region = rng.normal(size=(32, 16, 16)).astype(np.float32)
+    views = grid_multicrop(region, rng, global_crops=2, local_crops=3)
+    assert [v.shape for v in views] == [(32, 14, 14)] * 2 + [(32, 6, 6)] * 3
+    for v in views:  # each view is a sub-grid of the region, possibly flipped left-right
+        found = any(np.array_equal(v, c) or np.array_equal(v[:, :, ::-1], c)
+                    for i in range(17 - v.shape[1]) for j in range(17 - v.shape[2])
+                    for c in [region[:, i : i + v.shape[1], j : j + v.shape[2]]])
+        assert found
+    for size in (16, 14, 6):
+        assert vit(torch.randn(3, 32, size, size)).shape == (3, 24)
+    with pytest.raises(ValueError, match="expects 32"):
+        vit(torch.randn(1, 16, 16, 16))
+    head = DINOHead(24, 100, hidden_dim=64, bottleneck_dim=16)
+    logits, z = head(torch.randn(5, 24))
+    assert logits.shape == (5, 100) and z.shape == (5, 16)
+    np.testing.assert_allclose(z.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
+    assert logits.abs().max().item() <= 1.0 + 1e-5  # unit bottleneck x unit-norm weight rows (g fixed at 1)
+    np.testing.assert_allclose(head.last(z * 3).detach().numpy(), logits.detach().numpy(), atol=1e-5)
+
+
+def _region_run(run: str, slides: int = 8, regions: int = 8, dim: int = 16, grid: int = 16, seed: int = 0) -> None:
+    """A regions-mode embedding run written by the real writers: token grids mixing 2 patterns per slide class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.data.embedding import _region_table, embed_state
+    from wsiscale.data.run_state import safe_name
+    from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(size=(4, dim)) * 2
+    state = embed_state(run, WsiscaleConfig())
+    for s in range(slides):
+        sid = f"slide-{s:02d}"
+        pick = patterns[[2 * (s % 2), 2 * (s % 2) + 1]]
+        labels = rng.integers(0, 2, size=(regions, grid, grid))
+        tokens = pick[labels] + 0.5 * rng.normal(size=(regions, grid, grid, dim))  # [R, g, g, D], region-major
+        n = regions * grid * grid
+        merged = pa.table({"x": pa.array(np.arange(n) * 256, pa.int64()), "y": pa.array(np.zeros(n), pa.int64()),
+                           "embedding": pa.FixedSizeListArray.from_arrays(
+                               pa.array(tokens.astype(np.float32).ravel()), dim)})
+        table = _region_table(sid, merged, dim, grid, pa.float16())
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        uri = join_uri(state.slide_dir(safe_name(sid)), "embeddings.parquet")
+        write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+        state.write_done(safe_name(sid), {"status": "done", "slide_id": sid, "name": safe_name(sid), "tiles": n,
+                                          "shards": [{"path": state.relative(uri), "rows": regions, "bytes": None}]})
+    state.consolidate()
+
+
+def _tiny(cfg, epochs: int = 6):
+    p = cfg.pretrain
+    p.method, p.embed_dim, p.depth, p.heads, p.out_dim = "dino", 32, 2, 4, 128
+    p.head_hidden_dim, p.head_bottleneck_dim, p.momentum_teacher = 64, 32, 0.9  # a fast teacher for 24 steps
+    p.batch_size, p.epochs, p.lr, p.lr_warmup_epochs, p.local_crops = 8, epochs, 0.016, 1, 4  # peak lr 1e-3
+    p.checkpoint_every, p.log_every, p.cpus_per_worker, p.num_workers = 8, 2, 0.5, (2, 2)
+    return cfg
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
+    """2-worker CPU DDP (gloo) DINO on region grids: loss falls, checkpoints, a rerun resumes and exports the encoder."""
+    import json
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.data import region_files
+    from wsiscale.pretrain.run import run_pretraining
+
+    run = str(tmp_path / "emb")
+    _region_run(run)
+    files, ids, shape = region_files(run)
+    assert shape == [16, 16, 16] and len(ids) == 8 and sum(f.rows for f in files) == 64
+    cfg = _tiny(WsiscaleConfig())
+    out = tmp_path / "pre"
+    summary = run_pretraining(cfg, run, str(out))
+    m = summary["metrics"]
+    assert m["world"] == 2 and m["step"] == m["total_steps"] == 6 * (64 // 2 // 8)
+    ckpts = sorted(p for p in (out / "pretrain").glob("checkpoint_*") if p.is_dir())
+    assert len(ckpts) == 2 and summary["checkpoint"] == str(ckpts[-1])  # num_to_keep=2: steps 16 and 24
+    history = json.loads((ckpts[-1] / "meta.json").read_text())["history"]
+    losses = [h["loss"] for h in history]
+    assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
+    spec = json.loads((out / "encoder" / "encoder.json").read_text())
+    assert spec["step"] == 24 and (out / "encoder" / "region_vit.safetensors").exists()
+    # the same job again (same storage path and name): resumes from the last checkpoint, nothing left to do
+    again = run_pretraining(cfg, run, str(out))
+    assert again["metrics"]["step"] == 24

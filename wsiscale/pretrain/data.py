@@ -1,0 +1,81 @@
+"""Region feature grids of an embedding run as a Ray Dataset for pretraining.
+
+A regions-mode embedding run (``wsiscale embed --set embed.mode=regions``)
+stores one row per region: ``slide_id, x, y`` and the region's patch
+embeddings ``[D, g, g]`` (schema metadata ``wsiscale.region_shape``). This
+module lists the run's files (completed slides, in ``slides.parquet`` order)
+and builds a dataset whose rows are ``grid`` (``[D, g, g]`` float32),
+``slide`` (the slide's index in that order) and ``region`` (the region's
+index within its slide) - the keys SLPD's clustering step needs. Files are
+read by Ray Data tasks with the run's storage options; nothing passes
+through the driver.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RegionFile:
+    uri: str
+    slide: int
+    first_region: int
+    rows: int
+
+
+def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile], list[str], list[int]]:
+    """``(files, slide_ids, region_shape [D, g, g])`` of a regions-mode embedding run's completed slides."""
+    from wsiscale.data.run_state import RunState
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.index.sources import region_shape
+
+    state = RunState(embeddings, storage, data_dir="embeddings")
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed --set embed.mode=regions` "
+                                "first")
+    files, ids, shape = [], [], None
+    for sid, shards in zip(slides.column("slide_id").to_pylist(), slides.column("shards").to_pylist()):
+        entries = [s for s in json.loads(shards) if s.get("rows")]
+        if not entries:
+            continue
+        first = 0
+        for s in entries:
+            files.append(RegionFile(state.absolute(s["path"]), len(ids), first, int(s["rows"])))
+            first += int(s["rows"])
+        ids.append(sid)
+    if not files:
+        raise FileNotFoundError(f"{state.uri}: no completed slide has region embeddings")
+    head = read_parquet(files[0].uri, storage)
+    shape = region_shape(head)
+    if not shape:
+        raise ValueError(f"{state.uri} holds tile embeddings; region pretraining needs a regions-mode run "
+                         "(embed.mode=regions: each row a [D, g, g] grid of patch embeddings)")
+    return files, ids, list(shape)
+
+
+def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int]) -> dict[str, np.ndarray]:
+    from wsiscale.data.shards import read_parquet
+
+    grids, slides, regions = [], [], []
+    for uri, slide, first in zip(batch["uri"], batch["slide"], batch["first_region"]):
+        t = read_parquet(str(uri), storage, ["embedding"])
+        x = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        grids.append(x.astype(np.float32).reshape(-1, *shape))
+        slides.append(np.full(t.num_rows, int(slide), np.int64))
+        regions.append(np.arange(int(first), int(first) + t.num_rows, dtype=np.int64))
+    return {"grid": np.concatenate(grids), "slide": np.concatenate(slides), "region": np.concatenate(regions)}
+
+
+def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = None):
+    """A Ray Dataset of ``grid [D, g, g] float32, slide int64, region int64`` rows (one read task per file)."""
+    import ray
+
+    items = [{"uri": f.uri, "slide": f.slide, "first_region": f.first_region} for f in files]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(_read_region_files, batch_size=1, fn_kwargs={"storage": storage, "shape": shape})
