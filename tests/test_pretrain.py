@@ -156,3 +156,56 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     # the same job again (same storage path and name): resumes from the last checkpoint, nothing left to do
     again = run_pretraining(cfg, run, str(out))
     assert again["metrics"]["step"] == 24
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
+    """SIGKILL one of the 2 training workers after the first checkpoint: the worker group restarts from it
+    (FailureConfig) and the run ends at the same total step count."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    from pathlib import Path
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.run import run_pretraining
+
+    run = str(tmp_path / "emb")
+    _region_run(run)
+    cfg = _tiny(WsiscaleConfig(), epochs=8)
+    cfg.pretrain.checkpoint_every = 8
+    out = tmp_path / "pre"
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            # the controller has registered a checkpoint once its snapshot file lists one
+            snap = out / "pretrain" / "checkpoint_manager_snapshot.json"
+            if snap.exists() and "checkpoint_" in snap.read_text():
+                workers = []
+                for proc in Path("/proc").iterdir():  # Ray titles worker processes "ray::RayTrainWorker..."
+                    try:
+                        if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                            workers.append(int(proc.name))
+                    except OSError:
+                        continue
+                if workers:
+                    os.kill(max(workers), signal.SIGKILL)
+                    killed.append(max(workers))
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    thread.start()
+    summary = run_pretraining(cfg, run, str(out))
+    thread.join(5)
+    assert killed, "no training worker was killed"
+    assert summary["metrics"]["step"] == summary["metrics"]["total_steps"] == 8 * 4
+    history = json.loads((out / "pretrain" / summary["checkpoint"].rsplit("/", 1)[-1] / "meta.json").read_text())
+    steps = [h["step"] for h in history["history"]]
+    assert steps[0] > 1 and steps[-1] == 32  # the restarted attempt began after the first checkpoint, not at step 1
