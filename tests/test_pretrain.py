@@ -153,9 +153,21 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
     spec = json.loads((out / "encoder" / "encoder.json").read_text())
     assert spec["step"] == 24 and (out / "encoder" / "region_vit.safetensors").exists()
-    # the same job again (same storage path and name): resumes from the last checkpoint, nothing left to do
-    again = run_pretraining(cfg, run, str(out))
-    assert again["metrics"]["step"] == 24
+    # the same job again through jobs/pretrain.py (same storage path and name): it resumes from the last
+    # checkpoint and finds nothing left to do
+    import importlib.util
+    from pathlib import Path
+
+    from wsiscale.config import save_config
+
+    spec = importlib.util.spec_from_file_location("pretrain_job", Path(__file__).parents[1] / "jobs" / "pretrain.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    save_config(cfg, str(tmp_path))
+    assert job.main(["--config", str(tmp_path / "wsiscale.config.yaml"), "--embeddings", run, "--out", str(out)]) == 0
+    again = json.loads((out / "encoder" / "encoder.json").read_text())
+    assert again["step"] == 24
+    assert job.main(["--embeddings", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
-``retrieve``, ``cluster``, ``demo``, ``config``.
+``retrieve``, ``cluster``, ``pretrain``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -230,6 +230,33 @@ def print_index_result(meta: dict) -> None:
                   + (f"; neighbours -> {meta['neighbours']}" if meta.get("neighbours") else ""), highlight=False)
 
 
+def print_pretrain_result(summary: dict) -> None:
+    """One line for a finished pretraining run (``wsiscale pretrain``, ``jobs/pretrain.py``)."""
+    m = summary["metrics"] or {}
+    loss = f", last loss {m['loss']:.4f}" if "loss" in m else ""
+    console.print(f"pretrained on {summary['regions']:,} regions of {summary['slides']} slides: step "
+                  f"{m.get('step', '?')} / {m.get('total_steps', '?')} on {m.get('world', '?')} workers{loss}; "
+                  f"encoder -> [bold]{summary.get('encoder')}[/bold]", highlight=False)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from wsiscale.demo import start_ray
+    from wsiscale.io.uri import join_uri
+    from wsiscale.pretrain.run import run_pretraining
+
+    cfg = _load(args)
+    started = start_ray(cfg)
+    try:
+        summary = run_pretraining(cfg, args.embeddings, args.out or join_uri(cfg.output, "pretrain"))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    print_pretrain_result(summary)
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from wsiscale.index.stages import run_cluster
 
@@ -334,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered tile encoders")
     _common(p)
     p.set_defaults(func=_encoders)
+
+    p = sub.add_parser("pretrain", help="DINO pretraining of the region encoder on Ray Train (regions-mode run)")
+    p.add_argument("--embeddings", required=True, help="regions-mode embedding run directory")
+    p.add_argument("--out", help="output directory: checkpoints in <out>/pretrain, encoder in <out>/encoder "
+                                 "(default: <output>/pretrain); rerun to resume")
+    _common(p)
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
     p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")

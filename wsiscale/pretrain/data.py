@@ -54,8 +54,10 @@ def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile]
     head = read_parquet(files[0].uri, storage)
     shape = region_shape(head)
     if not shape:
-        raise ValueError(f"{state.uri} holds tile embeddings; region pretraining needs a regions-mode run "
-                         "(embed.mode=regions: each row a [D, g, g] grid of patch embeddings)")
+        from wsiscale.config import ConfigError
+
+        raise ConfigError(f"{state.uri} holds tile embeddings; region pretraining needs a regions-mode run "
+                          "(embed.mode=regions: each row a [D, g, g] grid of patch embeddings)")
     return files, ids, list(shape)
 
 

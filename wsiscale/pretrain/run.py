@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-from wsiscale.config import WsiscaleConfig, save_config
+from wsiscale.config import ConfigError, WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str,
 
     p = cfg.pretrain
     if p.level != "region":
-        raise NotImplementedError("pretrain.level=patch (DINO on tiles) is not implemented yet; use level=region")
+        raise ConfigError("pretrain.level=patch (DINO on tiles) is not implemented yet; use level=region")
     files, slide_ids, shape = region_files(embeddings, cfg.storage)
     if shape[1] < p.global_crop_tokens or shape[2] < p.global_crop_tokens:
-        raise ValueError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
+        raise ConfigError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
                          f"{p.global_crop_tokens}-token global crops: lower pretrain.global_crop_tokens")
     n_regions = sum(f.rows for f in files)
     ds = region_dataset(files, shape, cfg.storage)

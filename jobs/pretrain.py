@@ -1,0 +1,65 @@
+"""`ray job submit` entrypoint: DINO pretraining of the region encoder on Ray Train.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/pretrain.py --config jobs/configs/pretrain.yaml
+
+Input: ``--embeddings`` (default ``<output>/embeddings-regions``), a
+regions-mode embedding run (``embed.mode=regions``: one ``[D, 16, 16]`` grid
+of patch embeddings per 4096 px region). ``pretrain.num_workers`` Ray Train
+workers (``[min, max]`` is elastic) train the region ViT with DINO (DDP; NCCL
+and autocast on GPUs). Checkpoints go to ``<out>/pretrain`` (``--out``,
+default ``<output>/pretrain``); submitting the same job again resumes from the
+latest one, and a failed worker group restarts from it up to
+``pretrain.max_failures`` times. The final teacher backbone is exported to
+``<out>/encoder`` (safetensors + ``encoder.json``).
+
+Exit status: 0 on success, 2 for a bad config or a missing/unsuitable run.
+"""
+
+from __future__ import annotations
+
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
+
+import argparse
+import json
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wsiscale.cli import job_parser
+
+    p = job_parser("jobs/pretrain.py", "DINO pretraining of the region encoder on Ray Train.",
+                   "jobs/configs/pretrain.yaml", "pretrain.num_workers=[2,8]")
+    p.add_argument("--embeddings", help="regions-mode embedding run (default: <output>/embeddings-regions)")
+    p.add_argument("--out", help="output directory (default: <output>/pretrain)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wsiscale.cli import job_config, print_pretrain_result
+    from wsiscale.config import ConfigError
+    from wsiscale.index.stages import ray_session
+    from wsiscale.io.uri import join_uri
+    from wsiscale.progress import console
+    from wsiscale.pretrain.run import run_pretraining
+
+    args = build_parser().parse_args(argv)
+    cfg = job_config(args)
+    if cfg is None:
+        return 2
+    try:
+        with ray_session(cfg):
+            summary = run_pretraining(cfg, args.embeddings or join_uri(cfg.output, "embeddings-regions"),
+                                      args.out or join_uri(cfg.output, "pretrain"))
+    except (FileNotFoundError, ConfigError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    print_pretrain_result(summary)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
