@@ -143,6 +143,12 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     assert shape == [16, 16, 16] and len(ids) == 8 and sum(f.rows for f in files) == 64
     cfg = _tiny(WsiscaleConfig())
     out = tmp_path / "pre"
+    greedy = _tiny(WsiscaleConfig())
+    greedy.pretrain.cpus_per_worker = 1.0  # 2 workers x 1 CPU on the 2-CPU local Ray: nothing left to read data
+    from wsiscale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hold 2 of the cluster's 2 CPUs"):
+        run_pretraining(greedy, run, str(out))
     summary = run_pretraining(cfg, run, str(out))
     m = summary["metrics"]
     assert m["world"] == 2 and m["step"] == m["total_steps"] == 6 * (64 // 2 // 8)

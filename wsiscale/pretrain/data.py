@@ -80,4 +80,7 @@ def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = Non
 
     items = [{"uri": f.uri, "slide": f.slide, "first_region": f.first_region} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(_read_region_files, batch_size=1, fn_kwargs={"storage": storage, "shape": shape})
+    from wsiscale.pretrain.run import READ_TASK_CPUS
+
+    return ds.map_batches(_read_region_files, batch_size=1, num_cpus=READ_TASK_CPUS,
+                          fn_kwargs={"storage": storage, "shape": shape})

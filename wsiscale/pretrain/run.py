@@ -23,6 +23,8 @@ from wsiscale.io.uri import join_uri, normalize_uri
 
 log = logging.getLogger(__name__)
 
+READ_TASK_CPUS = 0.5  # CPUs per Ray Data task reading region embeddings (wsiscale.pretrain.data)
+
 
 def _storage_path(out: str) -> str:
     uri = normalize_uri(out)
@@ -47,6 +49,7 @@ def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str,
     n_regions = sum(f.rows for f in files)
     ds = region_dataset(files, shape, cfg.storage)
     lo, hi = p.num_workers
+    _check_data_cpus(cfg, hi)
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
                                       resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}))
     run_config = ray.train.RunConfig(
@@ -68,6 +71,26 @@ def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str,
         summary["encoder"] = export_encoder(result.checkpoint, join_uri(normalize_uri(out), "encoder"), cfg)
     save_config(cfg, normalize_uri(out), cfg.storage)
     return summary
+
+
+def _check_data_cpus(cfg: WsiscaleConfig, workers: int) -> None:
+    """Ray Data's read tasks need CPUs the training workers do not hold, or the run stalls forever.
+
+    On a fixed (local) cluster this is an error; on a cluster joined by address the
+    autoscaler may add nodes, so it is a warning.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    held = workers * cfg.pretrain.cpus_per_worker
+    if total - held >= READ_TASK_CPUS:
+        return
+    msg = (f"the {workers} training workers hold {held:g} of the cluster's {total:g} CPUs, leaving less than the "
+           f"{READ_TASK_CPUS:g} CPU that reading region embeddings needs: lower pretrain.cpus_per_worker or "
+           "pretrain.num_workers, or add CPUs")
+    if cfg.ray.address is None:
+        raise ConfigError(msg)
+    log.warning("%s (waiting for the autoscaler to add CPUs)", msg)
 
 
 def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
