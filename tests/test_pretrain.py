@@ -227,3 +227,37 @@ def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
     history = json.loads((out / "pretrain" / summary["checkpoint"].rsplit("/", 1)[-1] / "meta.json").read_text())
     steps = [h["step"] for h in history["history"]]
     assert steps[0] > 1 and steps[-1] == 32  # the restarted attempt began after the first checkpoint, not at step 1
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
+    """SLPD's clustering step on Ray Data actors: per-slide prototypes of teacher features, each region's
+    prototype, each slide's nearest slide by prototype matching and the matched prototypes."""
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.pretrain.data import region_files
+    from wsiscale.pretrain.loop import build_model
+    from wsiscale.pretrain.slpd import SlideClusterer, cluster_step
+
+    run = str(tmp_path / "emb")
+    _region_run(run, slides=8, regions=8, dim=16)
+    files, ids, shape = region_files(run)
+    p = _tiny(WsiscaleConfig()).pretrain
+    torch.manual_seed(0)
+    state = build_model(p, 16, 16, drop_path=0.0).state_dict()
+    kw = dict(m=2, iters=10, restarts=2, actors=1, cpus_per_actor=0.5)
+    res = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=4, neighbours=1, **kw)
+    assert res.valid.all() and res.prototypes.shape == (8, 2, 32)
+    np.testing.assert_allclose(np.linalg.norm(res.prototypes, axis=-1), 1.0, atol=1e-5)
+    local = SlideClusterer(state, p.model_dump(mode="json"), shape, m=2, min_regions=4, iters=10, restarts=2, seed=0)
+    for f in files:  # one file per slide here: each region's prototype is its nearest by cosine
+        flat = read_parquet(f.uri, None, ["embedding"]).column("embedding").combine_chunks().flatten()
+        z = local.features(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *shape))
+        np.testing.assert_array_equal(res.assign[f.slide], (z @ res.prototypes[f.slide].T).argmax(1))
+    nb = res.neighbour_slides[:, 0]
+    assert (nb != np.arange(8)).all() and (nb % 2 == np.arange(8) % 2).all()  # slide parity is its class
+    for s in range(8):
+        sim = res.prototypes[s] @ res.prototypes[nb[s]].T
+        np.testing.assert_array_equal(res.neighbour_protos[s, :, 0], sim.argmax(1))
+    none = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=100, neighbours=1, **kw)
+    assert not none.valid.any() and (none.neighbour_slides == -1).all() and all(len(a) == 0 for a in none.assign)

@@ -1,0 +1,156 @@
+"""SLPD's clustering step, distributed (Yu et al., "SLPD: Slide-level Prototypical Distillation for WSIs", MICCAI 2023).
+
+Once per epoch after the DINO warm-up, SLPD:
+
+1. embeds every region of every slide with the teacher (centre 14 x 14 crop of
+   the token grid, as the official ``transform_eval``; the L2-normalised
+   bottleneck of the DINO head is the clustering feature, ``mlp`` in the
+   official code);
+2. clusters each slide's region features into ``M`` prototypes (cosine
+   k-means, several restarts; slides with fewer than ``min_regions`` regions
+   are skipped);
+3. finds each slide's nearest other slide(s) by optimal one-to-one matching of
+   prototype sets;
+4. maps every prototype of a slide to the most similar prototype of each
+   neighbour slide (argmax cosine, as the official code).
+
+Here step 1 and 2 run together in Ray Data actors, one slide at a time: an
+actor holds the teacher, embeds a slide's regions and clusters them right
+away, so no process ever holds the features of all regions (only ``M``
+prototypes and one small assignment vector per slide come back). Step 3 is
+:func:`wsiscale.index.prototypes.all_neighbours` (summary-vector candidates,
+exact matching re-ranking, on Ray actors).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsiscale.pretrain.data import RegionFile
+
+
+@dataclass
+class ClusterResult:
+    """Targets for SLPD's losses, indexed by the region dataset's ``slide`` / ``region`` keys.
+
+    ``prototypes [S, M, d]`` (zeros where ``valid`` is False), ``assign`` (per slide,
+    ``[n_regions]`` prototype index; empty for skipped slides), ``neighbour_slides [S, r]``
+    and ``neighbour_protos [S, M, r]`` (-1 for skipped slides).
+    """
+
+    prototypes: np.ndarray
+    valid: np.ndarray
+    assign: list[np.ndarray]
+    neighbour_slides: np.ndarray
+    neighbour_protos: np.ndarray
+
+
+class SlideClusterer:
+    """Ray Data actor body: teacher features of one slide's regions, then the slide's prototypes."""
+
+    def __init__(self, teacher_state: Any, pretrain: dict, shape: list[int], m: int, min_regions: int,
+                 iters: int, restarts: int, seed: int, storage: Any = None, batch: int = 256) -> None:
+        import torch
+
+        from wsiscale.config import DinoConfig
+        from wsiscale.pretrain.loop import build_model
+
+        p = DinoConfig.model_validate(pretrain)
+        self.model = build_model(p, shape[0], shape[1], drop_path=0.0)
+        if not isinstance(teacher_state, dict):  # an object-store reference (shared by every actor)
+            import ray
+
+            teacher_state = ray.get(teacher_state)
+        self.model.load_state_dict(teacher_state)
+        self.model.eval()
+        self.shape, self.m, self.min_regions = shape, m, min_regions
+        self.iters, self.restarts, self.seed, self.storage, self.batch = iters, restarts, seed, storage, batch
+        self.crop = p.global_crop_tokens
+        self.torch = torch
+
+    def features(self, grids: np.ndarray) -> np.ndarray:
+        """``[n, D, g, g]`` -> ``[n, bottleneck]`` normalised teacher features of the centre crops."""
+        torch = self.torch
+        g, c = grids.shape[-1], self.crop
+        lo = (g - c) // 2
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(grids), self.batch):
+                x = torch.from_numpy(np.ascontiguousarray(grids[i : i + self.batch, :, lo : lo + c, lo : lo + c]))
+                out.append(self.model([x])[1].numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from wsiscale.data.shards import read_parquet
+        from wsiscale.index.prototypes import batched_kmeans
+
+        slides, protos, valid, assigns = [], [], [], []
+        for slide, uris in zip(batch["slide"], batch["uris"]):
+            grids = []
+            for uri in uris:
+                t = read_parquet(str(uri), self.storage, ["embedding"])
+                flat = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                grids.append(flat.astype(np.float32).reshape(-1, *self.shape))
+            x = np.concatenate(grids)
+            z = self.features(x)
+            ok = len(z) >= max(self.min_regions, 1)
+            if ok:
+                p, _ = batched_kmeans([z], self.m, iters=self.iters, spherical=True, restarts=self.restarts,
+                                      seeds=[zlib.crc32(str(int(slide)).encode()) ^ self.seed])
+                p = p[0]
+                a = (z @ p.T).argmax(1)
+            else:
+                p, a = np.zeros((self.m, z.shape[1] if z.size else 1), np.float32), np.zeros(0, np.int64)
+            slides.append(int(slide))
+            protos.append(p.astype(np.float32))
+            valid.append(ok)
+            assigns.append(a.astype(np.int64))
+        return {"slide": np.array(slides, np.int64), "prototypes": np.stack(protos), "valid": np.array(valid),
+                "assign": np.array(assigns + [None], dtype=object)[:-1]}
+
+
+def cluster_step(files: list[RegionFile], n_slides: int, shape: list[int], teacher_state: dict, pretrain: dict,
+                 m: int = 4, min_regions: int = 16, neighbours: int = 1, iters: int = 10, restarts: int = 3,
+                 seed: int = 0, storage: Any = None, actors: int = 1, cpus_per_actor: float = 1.0,
+                 candidates: int = 1000) -> ClusterResult:
+    """SLPD's clustering step over every slide of a region run (Ray Data actors + slide-neighbour actors)."""
+    import ray
+
+    from wsiscale.index.prototypes import all_neighbours
+
+    per_slide: dict[int, list[str]] = {}
+    for f in files:
+        per_slide.setdefault(f.slide, []).append(f.uri)
+    items = [{"slide": s, "uris": uris} for s, uris in sorted(per_slide.items())]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64 * actors)))
+    state_ref = ray.put(teacher_state)
+    out = ds.map_batches(SlideClusterer, batch_size=1, concurrency=actors, num_cpus=cpus_per_actor,
+                         fn_constructor_kwargs=dict(teacher_state=state_ref, pretrain=pretrain, shape=shape, m=m,
+                                                    min_regions=min_regions, iters=iters, restarts=restarts,
+                                                    seed=seed, storage=storage))
+    prototypes = None
+    valid = np.zeros(n_slides, bool)
+    assign: list[np.ndarray] = [np.zeros(0, np.int64)] * n_slides
+    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
+        for s, p, ok, a in zip(b["slide"], b["prototypes"], b["valid"], b["assign"]):
+            if prototypes is None:
+                prototypes = np.zeros((n_slides, *np.asarray(p).shape), np.float32)
+            prototypes[s] = p
+            valid[s] = bool(ok)
+            assign[s] = np.asarray(a, np.int64)
+    assert prototypes is not None
+    nb_slides = np.full((n_slides, neighbours), -1, np.int64)
+    nb_protos = np.full((n_slides, m, neighbours), -1, np.int64)
+    idx = np.flatnonzero(valid)
+    if len(idx) > neighbours:
+        got, _ = all_neighbours(prototypes[idx], k=neighbours, candidates=candidates)
+        nb_slides[idx] = idx[got]
+        for j in range(neighbours):
+            other = prototypes[nb_slides[idx, j]]  # [V, M, d]
+            sim = np.einsum("vmd,vnd->vmn", prototypes[idx], other)
+            nb_protos[idx, :, j] = sim.argmax(-1)
+    return ClusterResult(prototypes, valid, assign, nb_slides, nb_protos)
