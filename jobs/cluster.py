@@ -21,7 +21,6 @@ from __future__ import annotations
 import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 import argparse
-import json
 import sys
 
 
@@ -38,24 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import job_config, print_cluster_result
+    from wsiscale.cli import print_cluster_result, run_job
     from wsiscale.index.kmeans import IndexInputError
     from wsiscale.index.stages import run_cluster
-    from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    cfg = job_config(args)
-    if cfg is None:
-        return 2
-    try:
-        meta = run_cluster(cfg, args.embeddings, args.out, k=args.k)
-    except (IndexInputError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        return 2
-    print_cluster_result(meta)
-    if args.json:
-        print(json.dumps({k: v for k, v in meta.items() if k != "sizes"}))
-    return 0
+    return run_job(args, lambda cfg: run_cluster(cfg, args.embeddings, args.out, k=args.k), print_cluster_result,
+                   (IndexInputError, FileNotFoundError), lambda m: {k: v for k, v in m.items() if k != "sizes"})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 import argparse
-import json
 import sys
 
 
@@ -39,24 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import job_config, print_index_result
+    from wsiscale.cli import print_index_result, run_job
     from wsiscale.index.kmeans import IndexInputError
     from wsiscale.index.stages import run_slide_index
-    from wsiscale.progress import console
 
     args = build_parser().parse_args(argv)
-    cfg = job_config(args)
-    if cfg is None:
-        return 2
-    try:
-        meta = run_slide_index(cfg, args.embeddings, args.out, neighbours=args.neighbours)
-    except (IndexInputError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        return 2
-    print_index_result(meta)
-    if args.json:
-        print(json.dumps({k: v for k, v in meta.items() if k != "files"}))
-    return 0
+    return run_job(args, lambda cfg: run_slide_index(cfg, args.embeddings, args.out, neighbours=args.neighbours),
+                   print_index_result, (IndexInputError, FileNotFoundError),
+                   lambda m: {k: v for k, v in m.items() if k != "files"})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 import argparse
-import json
 import sys
 
 
@@ -37,28 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import job_config, print_pretrain_result
+    from wsiscale.cli import print_pretrain_result, run_job
     from wsiscale.config import ConfigError
     from wsiscale.index.stages import ray_session
     from wsiscale.io.uri import join_uri
-    from wsiscale.progress import console
     from wsiscale.pretrain.run import run_pretraining
 
     args = build_parser().parse_args(argv)
-    cfg = job_config(args)
-    if cfg is None:
-        return 2
-    try:
+
+    def work(cfg):
         with ray_session(cfg):
-            summary = run_pretraining(cfg, args.embeddings or join_uri(cfg.output, "embeddings-regions"),
-                                      args.out or join_uri(cfg.output, "pretrain"))
-    except (FileNotFoundError, ConfigError) as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        return 2
-    print_pretrain_result(summary)
-    if args.json:
-        print(json.dumps(summary, default=str))
-    return 0
+            return run_pretraining(cfg, args.embeddings or join_uri(cfg.output, "embeddings-regions"),
+                                   args.out or join_uri(cfg.output, "pretrain"))
+
+    return run_job(args, work, print_pretrain_result, (FileNotFoundError, ConfigError))
 
 
 if __name__ == "__main__":

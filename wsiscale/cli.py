@@ -149,6 +149,26 @@ def job_config(args: argparse.Namespace) -> WsiscaleConfig | None:
         return None
 
 
+def run_job(args: argparse.Namespace, work, printer, errors: tuple[type[BaseException], ...] = (FileNotFoundError,),
+            to_json=None) -> int:
+    """The body of a ``jobs/`` entrypoint: config, ``work(cfg)``, a printed result; exit 0, or 2 on ``errors``.
+
+    With ``--json`` the result (or ``to_json(result)``) is also printed as one JSON line.
+    """
+    cfg = job_config(args)
+    if cfg is None:
+        return 2
+    try:
+        result = work(cfg)
+    except errors as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    printer(result)
+    if getattr(args, "json", False):
+        print(json.dumps(to_json(result) if to_json else result, default=str))
+    return 0
+
+
 def print_tiling_summary(summary: dict) -> None:
     """Rich table of a tiling run summary (see :func:`wsiscale.data.tiling.run_tiling`)."""
     s, t = summary["slides"], summary["tiles"]
