@@ -261,3 +261,32 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
         np.testing.assert_array_equal(res.neighbour_protos[s, :, 0], sim.argmax(1))
     none = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=100, neighbours=1, **kw)
     assert not none.valid.any() and (none.neighbour_slides == -1).all() and all(len(a) == 0 for a in none.assign)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_slpd_loop_adds_intra_and_inter_slide_losses_after_the_warm_up(tmp_path):
+    """SLPD on 2 workers: plain DINO for the warm-up epochs, then every epoch rank 0 runs the clustering step
+    with the current teacher, broadcasts it, and the intra-/inter-slide prototype losses join the DINO loss."""
+    import json
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.run import run_pretraining
+
+    run = str(tmp_path / "emb")
+    _region_run(run)
+    cfg = _tiny(WsiscaleConfig(), epochs=4)
+    p = cfg.pretrain
+    p.method, p.warmup_epochs, p.prototypes, p.min_regions, p.cluster_cpus = "slpd", 2, 2, 4, 0.25
+    p.checkpoint_every = 100
+    summary = run_pretraining(cfg, run, str(tmp_path / "pre"))
+    assert summary["metrics"]["step"] == 16
+    history = json.loads((tmp_path / "pre" / "pretrain" / summary["checkpoint"].rsplit("/", 1)[-1] / "meta.json")
+                         .read_text())["history"]
+    warm = [h for h in history if h["epoch"] < 2]
+    slpd = [h for h in history if h["epoch"] >= 2]
+    assert len(warm) == len(slpd) == 8
+    assert all(h["intra_loss"] == 0 and h["inter_loss"] == 0 and h["clustered_slides"] == 0 for h in warm)
+    assert all(h["intra_loss"] > 0 and h["inter_loss"] > 0 and h["clustered_slides"] == 8 for h in slpd)
+    for h in slpd:
+        assert h["loss"] == pytest.approx(h["dino_loss"] + h["intra_loss"] + h["inter_loss"], rel=1e-5)
+    assert json.loads((tmp_path / "pre" / "encoder" / "encoder.json").read_text())["method"] == "slpd"

@@ -248,7 +248,13 @@ class DinoConfig(_Section):
     seed: int = 0
     intra_weight: float = 1.0
     inter_weight: float = 1.0
-    nearest_slides: int = Field(1, ge=1)
+    nearest_slides: int = Field(1, ge=1, description="r: neighbour slides per slide for the inter-slide loss")
+    prototypes: int = Field(4, ge=1, description="M: prototypes per slide (4 NSCLC, 2 BRCA)")
+    min_regions: int = Field(32, ge=1, description="slides with fewer regions are not clustered (32 NSCLC, 16 BRCA)")
+    cluster_iters: int = Field(10, ge=1)
+    cluster_restarts: int = Field(3, ge=1)
+    cluster_actors: int = Field(1, ge=1, description="Ray Data actors of the clustering step (each holds the teacher)")
+    cluster_cpus: float = Field(1.0, gt=0, description="CPUs per clustering actor")
     num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
     use_gpu: bool = False
 

@@ -92,6 +92,66 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+class SlpdTargets:
+    """SLPD's per-epoch cluster result on every worker, and its intra-/inter-slide losses for a batch.
+
+    Rank 0 runs :func:`wsiscale.pretrain.slpd.cluster_step` with the current teacher and
+    broadcasts the result (``torch.distributed.broadcast_object_list``); every rank keeps it
+    as tensors: prototypes ``[S, M, d]``, assignment table ``[S, max regions]`` (-1 = none),
+    neighbour slides ``[S, r]`` and prototypes ``[S, M, r]``.
+    """
+
+    def __init__(self, result: Any, device: torch.device) -> None:
+        n = len(result.assign)
+        width = max([len(a) for a in result.assign] + [1])
+        table = np.full((n, width), -1, np.int64)
+        for s, a in enumerate(result.assign):
+            table[s, : len(a)] = a
+        self.prototypes = torch.from_numpy(result.prototypes).to(device)
+        self.assign = torch.from_numpy(table).to(device)
+        self.nb_slides = torch.from_numpy(result.neighbour_slides).to(device)
+        self.nb_protos = torch.from_numpy(result.neighbour_protos).to(device)
+        self.clustered = int(result.valid.sum())
+
+    @classmethod
+    def compute(cls, config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int, epoch: int,
+                device: torch.device) -> "SlpdTargets":
+        import torch.distributed as dist
+
+        from wsiscale.pretrain.data import RegionFile
+        from wsiscale.pretrain.slpd import cluster_step
+
+        holder: list[Any] = [None]
+        if rank == 0:
+            state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+            holder[0] = cluster_step([RegionFile(**f) for f in config["files"]], int(config["n_slides"]),
+                                     config["shape"], state, p.model_dump(mode="json"), m=p.prototypes,
+                                     min_regions=p.min_regions, neighbours=p.nearest_slides, iters=p.cluster_iters,
+                                     restarts=p.cluster_restarts, seed=p.seed + epoch, storage=config.get("storage"),
+                                     actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus)
+        if world > 1 and dist.is_initialized():
+            dist.broadcast_object_list(holder, src=0)
+        return cls(holder[0], device)
+
+    def losses(self, slide: torch.Tensor, region: torch.Tensor, s_logits: torch.Tensor, views: int,
+               teacher: nn.Module, proto_loss: DINOLoss, teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(intra, inter)`` for a batch: student logits ``[V * B, K]`` against prototype targets."""
+        from wsiscale.pretrain.losses import prototype_targets
+
+        a = self.assign[slide, region.clamp(max=self.assign.shape[1] - 1)]
+        ok = (a >= 0) & (region < self.assign.shape[1]) & (self.nb_slides[slide, 0] >= 0)
+        k = s_logits.shape[-1]
+        student = s_logits.reshape(views, -1, k)[:, ok].reshape(-1, k)
+        r = self.nb_slides.shape[1]
+        with torch.no_grad():
+            intra_t = teacher.head.last(prototype_targets(a[ok], slide[ok], self.prototypes))
+            inter_t = teacher.head.last(prototype_targets(a[ok], slide[ok], self.prototypes, self.nb_slides,
+                                                          self.nb_protos))
+        intra = proto_loss(student, intra_t, teacher_temp, teacher_views=1)
+        inter = proto_loss(student, inter_t, teacher_temp, teacher_views=r)
+        return intra, inter
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config``: ``pretrain`` (DinoConfig dict), ``shape`` [D, g, g], ``n_regions``."""
     import ray.train
@@ -115,6 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     module = student.module if hasattr(student, "module") else student
     views = p.global_crops + p.local_crops
     dino = DINOLoss(p.out_dim, views, p.global_crops, p.student_temp, p.center_momentum).to(device)
+    proto_loss = DINOLoss(p.out_dim, views, 1, p.student_temp, p.center_momentum).to(device)  # SLPD intra + inter
     opt = torch.optim.AdamW(param_groups(module))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and p.precision == "fp16" else None
 
@@ -137,6 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         module.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino.load_state_dict(state["dino_loss"])
+        if "proto_loss" in state:
+            proto_loss.load_state_dict(state["proto_loss"])
         if state["world"] == world:
             opt.load_state_dict(state["optimizer"])
         step = min(total, int(state["regions"]) // (batch * world))  # the position is kept in regions
@@ -146,9 +209,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     history: list[dict[str, float]] = []
     t_last, n_last = time.perf_counter(), 0
+    targets: SlpdTargets | None = None
     while step < total:
         epoch, skip = divmod(step, spe)
         progressed = False
+        if p.method == "slpd" and epoch >= p.warmup_epochs:  # SLPD's clustering step, once per epoch
+            targets = SlpdTargets.compute(config, p, teacher, rank, world, epoch, device)
         for i, b in enumerate(shard.iter_torch_batches(batch_size=batch, drop_last=True)):
             if i < skip:
                 continue
@@ -164,7 +230,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 with torch.no_grad():
                     t_logits = teacher(crops[: p.global_crops])[0]
                 s_logits = student(crops)[0]
-                loss = dino(s_logits, t_logits, float(ttemp[epoch]))
+                dino_loss = dino(s_logits, t_logits, float(ttemp[epoch]))
+                intra = inter = torch.zeros((), device=device)
+                if targets is not None:
+                    intra, inter = targets.losses(b["slide"].to(device), b["region"].to(device), s_logits, views,
+                                                  teacher, proto_loss, float(ttemp[epoch]))
+                loss = dino_loss + p.intra_weight * intra + p.inter_weight * inter
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower pretrain.lr or use fp32")
             opt.zero_grad(set_to_none=True)
@@ -185,7 +256,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step += 1
             progressed = True
             n_last += batch * world
-            record = {"step": step, "epoch": epoch, "loss": float(loss.item()), "dino_loss": float(loss.item()),
+            record = {"step": step, "epoch": epoch, "loss": float(loss.item()), "dino_loss": float(dino_loss.item()),
+                      "intra_loss": float(intra.item()), "inter_loss": float(inter.item()),
+                      "clustered_slides": targets.clustered if targets is not None else 0,
                       "lr": float(lr[step - 1]), "weight_decay": float(wd[step - 1]),
                       "teacher_momentum": float(mom[step - 1]), "teacher_temp": float(ttemp[epoch])}
             history.append(record)
@@ -197,8 +270,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                          "world": world, "total_steps": total}
                 t_last, n_last = now, 0
                 if step % p.checkpoint_every == 0 or last:
-                    _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher, dino, opt,
-                                            p, config, history)
+                    _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher,
+                                            {"dino_loss": dino, "proto_loss": proto_loss}, opt, p, config, history)
                 else:
                     ray.train.report(metrics)
         if not progressed:  # the shard ended before the epoch's steps: avoid spinning
@@ -206,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, regions: int, module: nn.Module,
-                            teacher: nn.Module, dino: DINOLoss, opt: torch.optim.Optimizer, p: Any,
+                            teacher: nn.Module, losses: dict[str, DINOLoss], opt: torch.optim.Optimizer, p: Any,
                             config: dict[str, Any], history: list[dict[str, float]]) -> None:
     import ray.train
 
@@ -214,7 +287,8 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, regi
         checkpoint = None
         if rank == 0:
             torch.save({"student": module.state_dict(), "teacher": teacher.state_dict(),
-                        "dino_loss": dino.state_dict(), "optimizer": opt.state_dict(), "step": metrics["step"],
+                        **{k: v.state_dict() for k, v in losses.items()}, "optimizer": opt.state_dict(),
+                        "step": metrics["step"],
                         "regions": regions, "world": world}, os.path.join(d, "state.pt"))
             with open(os.path.join(d, "meta.json"), "w") as fh:
                 json.dump({"pretrain": p.model_dump(mode="json"), "shape": config["shape"], "metrics": metrics,

@@ -48,10 +48,20 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float,
-                update_center: bool = True) -> torch.Tensor:
-        """Loss for ``student_out [S * B, K]`` (view-major) and ``teacher_out [T * B, K]`` (target-major)."""
+                update_center: bool = True, teacher_views: int | None = None) -> torch.Tensor:
+        """Loss for ``student_out [S * B, K]`` (view-major) and ``teacher_out [T * B, K]`` (target-major).
+
+        ``teacher_views`` overrides ``T`` (SLPD's shared prototype loss: 1 intra, ``r`` inter).
+        With ``B = 0`` the loss is 0, and the centre update still takes part in the all-reduce
+        (every worker must join it).
+        """
+        if student_out.shape[0] == 0:
+            if update_center:
+                self.update_center(teacher_out)
+            return student_out.new_zeros((), dtype=torch.float32)
         s = (student_out.float() / self.student_temp).chunk(self.student_views)
-        t = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1).detach().chunk(self.teacher_views)
+        t = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1).detach().chunk(
+            teacher_views or self.teacher_views)
         total, terms = student_out.new_zeros((), dtype=torch.float32), 0
         for i, q in enumerate(t):
             for v, sv in enumerate(s):
@@ -71,7 +81,8 @@ class DINOLoss(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+        if count.item() > 0:
+            self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
 
 
 def prototype_targets(assign: torch.Tensor, slide: torch.Tensor, prototypes: torch.Tensor,

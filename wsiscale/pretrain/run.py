@@ -13,6 +13,7 @@ config is saved next to it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -58,7 +59,9 @@ def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_regions": n_regions},
+        train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_regions": n_regions,
+                           "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids),
+                           "storage": cfg.storage},
         scaling_config=scaling, run_config=run_config, datasets={"train": ds})
     log.info("pretraining DINO on %d regions of %d slides (%s grids), %s workers", n_regions, len(slide_ids),
              "x".join(map(str, shape)), p.num_workers)
@@ -109,6 +112,6 @@ def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
     p = cfg.pretrain
     spec = {"architecture": "region_vit", "input_dim": meta["shape"][0], "grid": meta["shape"][1],
             "embed_dim": p.embed_dim, "depth": p.depth, "heads": p.heads, "step": state["step"],
-            "method": "dino", "weights": "region_vit.safetensors"}
+            "method": p.method, "weights": "region_vit.safetensors"}
     write_bytes_atomic(join_uri(out, "encoder.json"), json.dumps(spec, indent=1).encode(), cfg.storage)
     return out
