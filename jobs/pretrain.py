@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from wsiscale.cli import print_pretrain_result, run_job
     from wsiscale.config import ConfigError
-    from wsiscale.index.stages import ray_session
+    from wsiscale.demo import ray_session
     from wsiscale.io.uri import join_uri
     from wsiscale.pretrain.run import run_pretraining
 

@@ -184,12 +184,10 @@ def _embedding_run(run: str, slides: int = 18, dim: int = 64, seed: int = 0) -> 
     Returns ``{slide_id: class}``.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from embedding_runs import patch_table, write_slide
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.embedding import _tile_table, embed_state
-    from wsiscale.data.run_state import safe_name
-    from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     rng = np.random.default_rng(seed)
     classes = rng.normal(size=(3, 4, dim)) * 3
@@ -201,15 +199,7 @@ def _embedding_run(run: str, slides: int = 18, dim: int = 64, seed: int = 0) -> 
         labels[sid] = c
         n = int(rng.integers(30, 60))
         x = classes[c][rng.integers(0, 4, n)] + rng.normal(size=(n, dim))
-        merged = pa.table({"x": pa.array(np.arange(n) * 256, pa.int64()), "y": pa.array(np.zeros(n), pa.int64()),
-                           "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), dim)})
-        table = _tile_table(sid, merged, dim, pa.float16())
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        uri = join_uri(state.slide_dir(safe_name(sid)), "embeddings.parquet")
-        write_bytes_atomic(uri, sink.getvalue().to_pybytes())
-        state.write_done(safe_name(sid), {"status": "done", "slide_id": sid, "name": safe_name(sid), "tiles": n,
-                                          "shards": [{"path": state.relative(uri), "rows": n, "bytes": None}]})
+        write_slide(state, sid, _tile_table(sid, patch_table(x), dim, pa.float16()), tiles=n)
     state.consolidate()
     return labels
 

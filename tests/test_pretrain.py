@@ -90,12 +90,10 @@ def test_region_vit_head_and_multicrop_shapes():
 def _region_run(run: str, slides: int = 8, regions: int = 8, dim: int = 16, grid: int = 16, seed: int = 0) -> None:
     """A regions-mode embedding run written by the real writers: token grids mixing 2 patterns per slide class."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from embedding_runs import patch_table, write_slide
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.embedding import _region_table, embed_state
-    from wsiscale.data.run_state import safe_name
-    from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     rng = np.random.default_rng(seed)
     patterns = rng.normal(size=(4, dim)) * 2
@@ -105,17 +103,8 @@ def _region_run(run: str, slides: int = 8, regions: int = 8, dim: int = 16, grid
         pick = patterns[[2 * (s % 2), 2 * (s % 2) + 1]]
         labels = rng.integers(0, 2, size=(regions, grid, grid))
         tokens = pick[labels] + 0.5 * rng.normal(size=(regions, grid, grid, dim))  # [R, g, g, D], region-major
-        n = regions * grid * grid
-        merged = pa.table({"x": pa.array(np.arange(n) * 256, pa.int64()), "y": pa.array(np.zeros(n), pa.int64()),
-                           "embedding": pa.FixedSizeListArray.from_arrays(
-                               pa.array(tokens.astype(np.float32).ravel()), dim)})
-        table = _region_table(sid, merged, dim, grid, pa.float16())
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        uri = join_uri(state.slide_dir(safe_name(sid)), "embeddings.parquet")
-        write_bytes_atomic(uri, sink.getvalue().to_pybytes())
-        state.write_done(safe_name(sid), {"status": "done", "slide_id": sid, "name": safe_name(sid), "tiles": n,
-                                          "shards": [{"path": state.relative(uri), "rows": regions, "bytes": None}]})
+        merged = patch_table(tokens.reshape(-1, dim))
+        write_slide(state, sid, _region_table(sid, merged, dim, grid, pa.float16()), tiles=merged.num_rows)
     state.consolidate()
 
 
@@ -234,8 +223,7 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
     """SLPD's clustering step on Ray Data actors: per-slide prototypes of teacher features, each region's
     prototype, each slide's nearest slide by prototype matching and the matched prototypes."""
     from wsiscale.config import WsiscaleConfig
-    from wsiscale.data.shards import read_parquet
-    from wsiscale.pretrain.data import region_files
+    from wsiscale.pretrain.data import read_region_grids, region_files
     from wsiscale.pretrain.loop import build_model
     from wsiscale.pretrain.slpd import SlideClusterer, cluster_step
 
@@ -251,8 +239,7 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(res.prototypes, axis=-1), 1.0, atol=1e-5)
     local = SlideClusterer(state, p.model_dump(mode="json"), shape, m=2, min_regions=4, iters=10, restarts=2, seed=0)
     for f in files:  # one file per slide here: each region's prototype is its nearest by cosine
-        flat = read_parquet(f.uri, None, ["embedding"]).column("embedding").combine_chunks().flatten()
-        z = local.features(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *shape))
+        z = local.features(read_region_grids(f.uri, None, shape))
         np.testing.assert_array_equal(res.assign[f.slide], (z @ res.prototypes[f.slide].T).argmax(1))
     nb = res.neighbour_slides[:, 0]
     assert (nb != np.arange(8)).all() and (nb % 2 == np.arange(8) % 2).all()  # slide parity is its class

@@ -260,19 +260,13 @@ def print_pretrain_result(summary: dict) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from wsiscale.demo import start_ray
+    from wsiscale.demo import ray_session
     from wsiscale.io.uri import join_uri
     from wsiscale.pretrain.run import run_pretraining
 
     cfg = _load(args)
-    started = start_ray(cfg)
-    try:
+    with ray_session(cfg):
         summary = run_pretraining(cfg, args.embeddings, args.out or join_uri(cfg.output, "pretrain"))
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     print_pretrain_result(summary)
     return 0
 

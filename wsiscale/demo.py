@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.parquet as pq
 from rich.table import Table
@@ -40,6 +42,19 @@ def start_ray(cfg: WsiscaleConfig) -> bool:
         kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
     ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
     return True
+
+
+@contextmanager
+def ray_session(cfg: WsiscaleConfig) -> Iterator[None]:
+    """Join ``cfg.ray.address`` or start a local Ray for the block (shut down after if started here)."""
+    started = start_ray(cfg)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int:

@@ -181,3 +181,10 @@ def list_names(directory: str, storage: "StorageConfig | None" = None) -> list[s
     except FileNotFoundError:
         return []
     return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+
+def remove_parts_except(directory: str, keep: set[str], storage: "StorageConfig | None" = None) -> None:
+    """Delete the ``part-*.parquet`` files in ``directory`` not named in ``keep`` (left by an earlier, larger run)."""
+    stale = [join_uri(directory, n) for n in list_names(directory, storage)
+             if n.startswith("part-") and n.endswith(".parquet") and n not in keep]
+    remove_uris(stale, storage)

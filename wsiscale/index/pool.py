@@ -55,6 +55,16 @@ def _faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def _is_gpu_index(index: Any) -> bool:
+    """A faiss-gpu index (``GpuIndex*``): GPU parameter space, and converted to CPU before serialising."""
+    return "Gpu" in type(index).__name__
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("l2", "ip"):
+        raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
+
+
 class FaissShard:
     """One shard of vectors (Ray actor body). ``ids`` are the global ids of its rows."""
 
@@ -78,8 +88,6 @@ class FaissShard:
         else:
             self.x = np.ascontiguousarray(ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors, np.float32)
             self.ids = np.asarray(ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids, np.int64)
-        self.index_bytes: bytes | None = None
-        self.restarts = 0
 
     # -- basics --------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -150,8 +158,7 @@ class FaissShard:
     def _cpu_index(self) -> Any:
         import faiss
 
-        return faiss.index_gpu_to_cpu(self.index) if self.use_gpu and hasattr(faiss, "index_gpu_to_cpu") \
-            and "Gpu" in type(self.index).__name__ else self.index
+        return faiss.index_gpu_to_cpu(self.index) if _is_gpu_index(self.index) else self.index
 
     # -- ANN index -----------------------------------------------------------------------------
     def build_index(self, factory: str, metric: str, params: dict[str, Any]) -> int:
@@ -166,13 +173,12 @@ class FaissShard:
         index.add(x)
         self.index = index
         self._apply_params(params)
-        self.index_bytes = None
         return int(index.ntotal)
 
     def _apply_params(self, params: dict[str, Any]) -> None:
         import faiss
 
-        ps = faiss.GpuParameterSpace() if "Gpu" in type(self.index).__name__ else faiss.ParameterSpace()
+        ps = faiss.GpuParameterSpace() if _is_gpu_index(self.index) else faiss.ParameterSpace()
         for key, value in (params or {}).items():
             ps.set_index_parameter(self.index, key, value)
 
@@ -204,13 +210,6 @@ class FaissShard:
         buf = io.BytesIO()
         np.save(buf, self.ids)
         return faiss.serialize_index(self._cpu_index()).tobytes(), buf.getvalue()
-
-    def load_index(self, index_bytes: bytes, params: dict[str, Any]) -> int:
-        import faiss
-
-        self.index = self._to_device(faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8)))
-        self._apply_params(params)
-        return int(self.index.ntotal)
 
 
 def _load_shard_index(uri: str, shard: int, storage: Any):
@@ -274,8 +273,7 @@ class FaissPool:
             raise IndexInputError(f"shards must be >= 1, got {shards}")
         if shards > x.shape[0]:
             raise IndexInputError(f"{shards} shards for {x.shape[0]} vectors: a shard would be empty; use fewer shards")
-        if metric not in ("l2", "ip"):
-            raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
+        _check_metric(metric)
         ids = np.arange(x.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         bounds = np.linspace(0, x.shape[0], shards + 1).astype(int)
         # the driver keeps these references alive: a restarted actor reloads its shard from them
@@ -284,7 +282,8 @@ class FaissPool:
                     num_cpus, num_gpus, ready_timeout_s)
 
     def _start(self, shard_kwargs: list[dict[str, Any]], n: int, dim: int, metric: str, num_cpus: float,
-               num_gpus: float, ready_timeout_s: float, storage: Any = None) -> None:
+               num_gpus: float, ready_timeout_s: float, storage: Any = None) -> list[dict[str, Any]]:
+        """Create one actor per entry of ``shard_kwargs`` and wait for all; returns their :meth:`FaissShard.info`."""
         import ray
 
         self.dim, self.metric, self.n = dim, metric, int(n)
@@ -294,7 +293,7 @@ class FaissPool:
         actor = ray.remote(FaissShard).options(max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
                                                num_gpus=num_gpus or None)
         self.actors = [actor.remote(i, storage=storage, **kw) for i, kw in enumerate(shard_kwargs)]
-        self._wait_ready(num_cpus, num_gpus, ready_timeout_s)
+        return self._wait_ready(num_cpus, num_gpus, ready_timeout_s)
 
     @classmethod
     def from_embeddings(cls, embeddings: str, shards: int = 2, storage: Any = None, num_cpus: float = 1.0,
@@ -304,44 +303,47 @@ class FaissPool:
         Global ids follow the run's slide order (``slides.parquet``); the driver
         only lists files. A restarted actor reads its files again.
         """
-        if metric not in ("l2", "ip"):
-            raise IndexInputError(f"metric must be 'l2' or 'ip', got {metric!r}")
+        _check_metric(metric)
         files = run_vector_files(embeddings, storage)
         groups = split_files(files, shards)
         pool = cls.__new__(cls)
         pool._refs = []
-        pool._start([dict(files=g) for g in groups], sum(f.rows for f in files), 0, metric, num_cpus, num_gpus,
-                    ready_timeout_s, storage)
-        dims = {i["dim"] for i in pool.info()}
+        infos = pool._start([dict(files=g) for g in groups], sum(f.rows for f in files), 0, metric, num_cpus,
+                            num_gpus, ready_timeout_s, storage)
+        dims = {i["dim"] for i in infos}
         if len(dims) != 1:
             raise IndexInputError(f"{embeddings}: embeddings of different dimensions {sorted(dims)} in one run")
         pool.dim = dims.pop()
         return pool
 
-    def _wait_ready(self, num_cpus: float, num_gpus: float, timeout_s: float) -> None:
-        """Fail fast (instead of hanging) when the cluster cannot place every shard actor."""
+    def _wait_ready(self, num_cpus: float, num_gpus: float, timeout_s: float) -> list[dict[str, Any]]:
+        """Every actor's :meth:`FaissShard.info`; fails fast (instead of hanging) when one cannot start."""
         import ray
+
+        def kill_all() -> None:  # do not leave failed or unschedulable actors in the cluster
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
 
         refs = [a.info.remote() for a in self.actors]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        infos = []
         for ref in ready:
             try:
-                ray.get(ref)
+                infos.append(ray.get(ref))
             except ray.exceptions.RayActorError as err:  # the constructor raised (e.g. bad vectors in a file)
-                for a in self.actors:
-                    ray.kill(a, no_restart=True)
+                kill_all()
                 cause = _creation_error(err)
                 if cause is not None:
                     raise cause from None
                 raise
         if pending:
-            for a in self.actors:  # do not leave unschedulable actors queued in the cluster
-                ray.kill(a, no_restart=True)
+            kill_all()
             avail = ray.available_resources()
             raise RuntimeError(
                 f"{len(pending)} of {len(refs)} FAISS shard actors did not start within {timeout_s:.0f} s: each needs "
                 f"num_cpus={num_cpus}, num_gpus={num_gpus}; the cluster has {avail.get('CPU', 0):g} CPUs and "
                 f"{avail.get('GPU', 0):g} GPUs free. Use fewer shards, smaller per-actor resources, or more nodes")
+        return infos
 
     def _all(self, method: str, *args) -> list:
         import ray
@@ -406,15 +408,13 @@ class FaissPool:
         Only for pools from :meth:`from_embeddings` (keys ``slide_id, x, y``).
         Parts left by an earlier run with more shards are removed.
         """
-        from wsiscale.data.shards import list_names, remove_uris
-        from wsiscale.io.uri import join_uri, normalize_uri
+        from wsiscale.data.shards import remove_parts_except
+        from wsiscale.io.uri import normalize_uri
 
         c = check_vectors(centroids, "centroids", dim=self.dim)
         out = normalize_uri(out)
         rows = int(sum(self._all("write_assignments", c, spherical, out)))
-        keep = {f"part-{s:05d}.parquet" for s in range(len(self.actors))}
-        stale = [join_uri(out, n) for n in list_names(out, self.storage) if n.startswith("part-") and n not in keep]
-        remove_uris(stale, self.storage)
+        remove_parts_except(out, {f"part-{s:05d}.parquet" for s in range(len(self.actors))}, self.storage)
         return rows
 
     # -- ANN -----------------------------------------------------------------------------------

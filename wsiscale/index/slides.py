@@ -37,14 +37,15 @@ log = logging.getLogger(__name__)
 
 
 def _slide_vectors(state: RunState, shards: str) -> np.ndarray:
-    tables = [read_parquet(state.absolute(s["path"]), state.storage) for s in json.loads(shards)]
-    xs = [table_vectors(t, state.absolute(s["path"])) for t, s in zip(tables, json.loads(shards)) if t.num_rows]
+    uris = [state.absolute(s["path"]) for s in json.loads(shards)]
+    tables = [(read_parquet(uri, state.storage), uri) for uri in uris]
+    xs = [table_vectors(t, uri) for t, uri in tables if t.num_rows]
     return np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
 
 
-def slide_seed(slide_id: str, seed: int) -> int:
-    """A per-slide seed: a slide's prototypes do not depend on how slides were batched."""
-    return zlib.crc32(slide_id.encode()) ^ (seed & 0xFFFFFFFF)
+def slide_seed(slide_key: str | int, seed: int) -> int:
+    """A per-slide seed (from the slide's id or index): its prototypes do not depend on how slides were batched."""
+    return zlib.crc32(str(slide_key).encode()) ^ (seed & 0xFFFFFFFF)
 
 
 def prototype_batch(batch: pa.Table, run: str, storage: Any, m: int, iters: int, min_vectors: int,
@@ -83,7 +84,7 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     """
     import ray
 
-    from wsiscale.data.shards import ShardWriter, list_names, remove_uris
+    from wsiscale.data.shards import ShardWriter, remove_parts_except
     from wsiscale.data.tiling import _manifest_blocks
 
     state = RunState(embeddings, storage, data_dir="embeddings")
@@ -118,8 +119,7 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     if writer is None:
         raise IndexInputError(f"{state.uri}: no slide has at least {max(1, min_vectors)} embeddings")
     written = {info.uri.rsplit("/", 1)[-1] for info in writer.close()}
-    stale = [join_uri(directory, n) for n in list_names(directory, storage) if n.endswith(".parquet") and n not in written]
-    remove_uris(stale, storage)
+    remove_parts_except(directory, written, storage)
     meta = {"embeddings": state.uri, "slides": n_slides, "m": m, "dim": dim, "iters": iters, "seed": seed,
             "restarts": restarts,
             "files": sorted(written), "skipped": sorted(skipped)}

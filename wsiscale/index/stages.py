@@ -2,33 +2,19 @@
 
 :func:`run_cluster` (``wsiscale cluster``, ``jobs/cluster.py``) and
 :func:`run_slide_index` (``wsiscale index build``, ``jobs/index.py``) read
-their settings from the ``index`` config section, join or start Ray, write
+their settings from the ``index`` config section, join or start Ray
+(:func:`wsiscale.demo.ray_session`), write
 their outputs and the resolved config next to them, and return a summary
 dict.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from wsiscale.config import WsiscaleConfig, save_config
+from wsiscale.demo import ray_session
 from wsiscale.io.uri import join_uri
-
-
-@contextmanager
-def ray_session(cfg: WsiscaleConfig) -> Iterator[None]:
-    """Join ``cfg.ray.address`` or start a local Ray for the block (shut down after if started here)."""
-    from wsiscale.demo import start_ray
-
-    started = start_ray(cfg)
-    try:
-        yield
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
 
 
 def run_cluster(cfg: WsiscaleConfig, embeddings: str | None = None, out: str | None = None, k: int | None = None,

@@ -61,16 +61,22 @@ def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile]
     return files, ids, list(shape)
 
 
-def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int]) -> dict[str, np.ndarray]:
+def read_region_grids(uri: str, storage: Any, shape: list[int]) -> np.ndarray:
+    """The ``[n, D, g, g]`` float32 region grids of one regions-mode embedding file."""
     from wsiscale.data.shards import read_parquet
 
+    t = read_parquet(str(uri), storage, ["embedding"])
+    x = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return x.astype(np.float32).reshape(-1, *shape)
+
+
+def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int]) -> dict[str, np.ndarray]:
     grids, slides, regions = [], [], []
     for uri, slide, first in zip(batch["uri"], batch["slide"], batch["first_region"]):
-        t = read_parquet(str(uri), storage, ["embedding"])
-        x = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        grids.append(x.astype(np.float32).reshape(-1, *shape))
-        slides.append(np.full(t.num_rows, int(slide), np.int64))
-        regions.append(np.arange(int(first), int(first) + t.num_rows, dtype=np.int64))
+        g = read_region_grids(uri, storage, shape)
+        grids.append(g)
+        slides.append(np.full(len(g), int(slide), np.int64))
+        regions.append(np.arange(int(first), int(first) + len(g), dtype=np.int64))
     return {"grid": np.concatenate(grids), "slide": np.concatenate(slides), "region": np.concatenate(regions)}
 
 

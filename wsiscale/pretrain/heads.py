@@ -13,6 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def trunc_normal_init(m: nn.Module) -> None:
+    """ViT/DINO initialisation: linear weights ~ truncated N(0, 0.02), zero biases; LayerNorm to identity."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  nlayers: int = 3, norm_last_layer: bool = True) -> None:
@@ -21,18 +32,11 @@ class DINOHead(nn.Module):
         for i in range(max(nlayers - 1, 0)):
             layers += [nn.GELU(), nn.Linear(hidden_dim, hidden_dim if i < nlayers - 2 else bottleneck_dim)]
         self.mlp = nn.Sequential(*layers)
-        self.apply(self._init)
+        self.apply(trunc_normal_init)
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)  # weight-norm gain g = 1
         if norm_last_layer:
             self.last_layer.parametrizations.weight.original0.requires_grad = False
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, out_dim], normalised bottleneck [B, bottleneck_dim])``."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsiscale.pretrain.augment import random_crop
+from wsiscale.pretrain.augment import grid_multicrop
 from wsiscale.pretrain.heads import DINOHead
 from wsiscale.pretrain.losses import DINOLoss
 from wsiscale.pretrain.region_vit import RegionViT
@@ -81,9 +81,9 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 def make_views(grids: torch.Tensor, pretrain: Any, rng: np.random.Generator) -> list[torch.Tensor]:
     """Multi-crop views of a batch ``[B, D, g, g]``: global then local, a random crop per region per view."""
-    arr = grids.numpy()
-    sizes = [pretrain.global_crop_tokens] * pretrain.global_crops + [pretrain.local_crop_tokens] * pretrain.local_crops
-    return [torch.from_numpy(np.stack([random_crop(r, size, rng) for r in arr])) for size in sizes]
+    per_region = [grid_multicrop(r, rng, pretrain.global_crops, pretrain.local_crops, pretrain.global_crop_tokens,
+                                 pretrain.local_crop_tokens) for r in grids.numpy()]
+    return [torch.from_numpy(np.stack(view)) for view in zip(*per_region)]
 
 
 def _autocast(device: torch.device, precision: str):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsiscale.pretrain.heads import trunc_normal_init
+
 
 class RegionViT(nn.Module):
     def __init__(self, input_dim: int = 384, embed_dim: int = 192, depth: int = 6, num_heads: int = 6,
@@ -36,17 +38,7 @@ class RegionViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(trunc_normal_init)
 
     def _pos(self, h: int, w: int) -> torch.Tensor:
         if h == w == self.grid:

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri
+from wsiscale.io.uri import is_local, join_uri, local_path, normalize_uri
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ READ_TASK_CPUS = 0.5  # CPUs per Ray Data task reading region embeddings (wsisca
 
 
 def _storage_path(out: str) -> str:
+    """Ray Train's ``storage_path``: a plain path for local outputs, the URI otherwise."""
     uri = normalize_uri(out)
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return str(local_path(uri)) if is_local(uri) else uri
 
 
 def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, Any]:

@@ -24,7 +24,6 @@ exact matching re-ranking, on Ray actors).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,22 +84,18 @@ class SlideClusterer:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from wsiscale.data.shards import read_parquet
         from wsiscale.index.prototypes import batched_kmeans
+        from wsiscale.index.slides import slide_seed
+        from wsiscale.pretrain.data import read_region_grids
 
         slides, protos, valid, assigns = [], [], [], []
         for slide, uris in zip(batch["slide"], batch["uris"]):
-            grids = []
-            for uri in uris:
-                t = read_parquet(str(uri), self.storage, ["embedding"])
-                flat = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                grids.append(flat.astype(np.float32).reshape(-1, *self.shape))
-            x = np.concatenate(grids)
+            x = np.concatenate([read_region_grids(uri, self.storage, self.shape) for uri in uris])
             z = self.features(x)
             ok = len(z) >= max(self.min_regions, 1)
             if ok:
                 p, _ = batched_kmeans([z], self.m, iters=self.iters, spherical=True, restarts=self.restarts,
-                                      seeds=[zlib.crc32(str(int(slide)).encode()) ^ self.seed])
+                                      seeds=[slide_seed(int(slide), self.seed)])
                 p = p[0]
                 a = (z @ p.T).argmax(1)
             else:
