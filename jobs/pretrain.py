@@ -1,4 +1,4 @@
-"""`ray job submit` entrypoint: DINO pretraining of the region encoder on Ray Train.
+"""`ray job submit` entrypoint: DINO/SLPD pretraining of the region or patch encoder on Ray Train.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/pretrain.py --config jobs/configs/pretrain.yaml
@@ -12,6 +12,11 @@ default ``<output>/pretrain``); submitting the same job again resumes from the
 latest one, and a failed worker group restarts from it up to
 ``pretrain.max_failures`` times. The final teacher backbone is exported to
 ``<out>/encoder`` (safetensors + ``encoder.json``).
+
+``--tiles RUN`` (or ``pretrain.level: patch``) pretrains the patch encoder
+(``pretrain.patch_encoder``, ViT-S/16 by default) with DINO on a tiling run
+with pixels (default ``<output>/tiles``); its exported ``encoder/`` directory
+is a registry encoder (``embed.encoder: <out>/encoder``).
 
 Exit status: 0 on success, 2 for a bad config or a missing/unsuitable run.
 """
@@ -30,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_parser("jobs/pretrain.py", "DINO pretraining of the region encoder on Ray Train.",
                    "jobs/configs/pretrain.yaml", "pretrain.num_workers=[2,8]")
     p.add_argument("--embeddings", help="regions-mode embedding run (default: <output>/embeddings-regions)")
+    p.add_argument("--tiles", help="tiling run with pixels: pretrain the patch encoder (sets pretrain.level=patch)")
     p.add_argument("--out", help="output directory (default: <output>/pretrain)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     return p
@@ -45,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work(cfg):
+        if args.tiles:
+            cfg.pretrain.level = "patch"
+        default = join_uri(cfg.output, "tiles" if cfg.pretrain.level == "patch" else "embeddings-regions")
         with ray_session(cfg):
-            return run_pretraining(cfg, args.embeddings or join_uri(cfg.output, "embeddings-regions"),
+            return run_pretraining(cfg, args.tiles or args.embeddings or default,
                                    args.out or join_uri(cfg.output, "pretrain"))
 
     return run_job(args, work, print_pretrain_result, (FileNotFoundError, ConfigError))

@@ -254,8 +254,10 @@ def print_pretrain_result(summary: dict) -> None:
     """One line for a finished pretraining run (``wsiscale pretrain``, ``jobs/pretrain.py``)."""
     m = summary["metrics"] or {}
     loss = f", last loss {m['loss']:.4f}" if "loss" in m else ""
-    console.print(f"pretrained on {summary['regions']:,} regions of {summary['slides']} slides: step "
-                  f"{m.get('step', '?')} / {m.get('total_steps', '?')} on {m.get('world', '?')} workers{loss}; "
+    probe = (f"; held-out probe AUC {m['probe_auc']:.3f}, kNN accuracy {m['knn_accuracy']:.3f}"
+             if "probe_auc" in m else "")
+    console.print(f"pretrained on {summary['items']:,} {summary['unit']} of {summary['slides']} slides: step "
+                  f"{m.get('step', '?')} / {m.get('total_steps', '?')} on {m.get('world', '?')} workers{loss}{probe}; "
                   f"encoder -> [bold]{summary.get('encoder')}[/bold]", highlight=False)
 
 
@@ -266,7 +268,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     with ray_session(cfg):
-        summary = run_pretraining(cfg, args.embeddings, args.out or join_uri(cfg.output, "pretrain"))
+        if args.tiles:
+            cfg.pretrain.level = "patch"
+        summary = run_pretraining(cfg, args.tiles or args.embeddings, args.out or join_uri(cfg.output, "pretrain"))
     print_pretrain_result(summary)
     return 0
 
@@ -376,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_encoders)
 
-    p = sub.add_parser("pretrain", help="DINO pretraining of the region encoder on Ray Train (regions-mode run)")
-    p.add_argument("--embeddings", required=True, help="regions-mode embedding run directory")
+    p = sub.add_parser("pretrain", help="DINO/SLPD pretraining on Ray Train: region encoder (regions-mode "
+                                        "embedding run) or patch encoder (tiling run with pixels)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--embeddings", help="regions-mode embedding run: pretrain the region encoder (level=region)")
+    src.add_argument("--tiles", help="tiling run with pixels: pretrain the patch encoder (sets pretrain.level=patch)")
     p.add_argument("--out", help="output directory: checkpoints in <out>/pretrain, encoder in <out>/encoder "
                                  "(default: <output>/pretrain); rerun to resume")
     _common(p)

@@ -222,8 +222,14 @@ class DinoConfig(_Section):
     head_bottleneck_dim: int = Field(256, ge=8, description="SLPD clusters this (normalised) teacher feature")
     global_crops: int = 2
     local_crops: int = 8
-    global_crop_tokens: int = 14
-    local_crop_tokens: int = 6
+    global_crop_tokens: int = Field(14, ge=1, description="region level: global views are crops of this many tokens")
+    local_crop_tokens: int = Field(6, ge=1, description="region level: local views (tokens)")
+    patch_encoder: str = Field("vit_s16", description="patch level: registered encoder to pretrain (vit_s16, "
+                               "timm:<vit architecture>, resnet18_l3, ...)")
+    global_image_size: int = Field(224, ge=16, description="patch level: global views (pixels)")
+    local_image_size: int = Field(96, ge=16, description="patch level: local views (pixels)")
+    global_crop_scale: tuple[float, float] = Field((0.4, 1.0), description="patch level: area range of global crops")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.4), description="patch level: area range of local crops")
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = Field(0, ge=0)
@@ -257,6 +263,11 @@ class DinoConfig(_Section):
     cluster_cpus: float = Field(1.0, gt=0, description="CPUs per clustering actor")
     num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
     use_gpu: bool = False
+    eval_labels: str | None = Field(None, description="CSV/Parquet with slide_id, label: enables the periodic "
+                                    "linear-probe and kNN evaluation on held-out slides")
+    eval_every: int = Field(10, ge=0, description="epochs between evaluations (and after the last); 0: never")
+    eval_holdout: float = Field(0.3, gt=0, lt=1, description="share of each class's labelled slides held out")
+    eval_knn: int = Field(20, ge=1, description="k of the weighted kNN probe")
 
 
 class WenoConfig(_Section):

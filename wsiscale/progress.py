@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -38,3 +39,50 @@ def setup_logging(level: str | int = "INFO") -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+
+
+@contextlib.contextmanager
+def watch_progress(uri: str, storage=None, description: str = "training", every_s: float = 2.0):
+    """Show a JSON progress record (``step``, ``total_steps``, ``loss``...) that another process rewrites at ``uri``.
+
+    A thread polls the file while the body runs (a Ray Train fit, whose rank 0 writes it),
+    and draws a rich progress bar with the loss, lr and the latest probe metrics. A missing
+    or half-written file is skipped; nothing is shown when progress bars are disabled.
+    """
+    import json
+    import threading
+
+    from wsiscale.io.uri import filesystem
+
+    bar = progress_bar()
+    if bar.disable:
+        yield
+        return
+    stop = threading.Event()
+    fs, path = filesystem(uri, storage)
+
+    def poll() -> None:
+        task = None
+        while not stop.wait(every_s):
+            try:
+                with fs.open(path, "rb") as fh:
+                    rec = json.loads(fh.read())
+            except (OSError, ValueError):
+                continue
+            extra = [f"loss {rec.get('loss', float('nan')):.3f}", f"lr {rec.get('lr', 0):.2e}"]
+            extra += [f"{k} {rec[k]:.3f}" for k in ("probe_auc", "knn_accuracy") if k in rec]
+            desc = f"{description} epoch {rec.get('epoch', 0) + 1} " + " ".join(extra)
+            if task is None:
+                task = bar.add_task(desc, total=rec.get("total_steps"))
+            bar.update(task, completed=rec.get("step", 0), description=desc)
+            if hasattr(fs, "invalidate_cache"):
+                fs.invalidate_cache(path)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    with bar:
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(every_s + 5)

@@ -313,7 +313,7 @@ def _format_of(uri: str) -> str:
     return "parquet"
 
 
-def _read_table(
+def read_table(
     uri: str, storage: "StorageConfig | None", what: str, string_columns: tuple[str, ...] = ()
 ) -> pa.Table:
     """A Parquet or CSV/TSV table (by extension; ``.gz`` allowed for text) with ``string_columns`` kept as text."""
@@ -336,7 +336,7 @@ def _read_table(
 
 
 def _table_bytes(table: pa.Table, uri: str) -> bytes:
-    """``table`` serialised in the format :func:`_read_table` reads back from ``uri``."""
+    """``table`` serialised in the format :func:`read_table` reads back from ``uri``."""
     fmt = _format_of(uri)
     sink = pa.BufferOutputStream()
     if fmt == "parquet":
@@ -422,7 +422,7 @@ def _join_labels(
     storage: "StorageConfig | None",
 ) -> tuple[pa.Table, dict]:
     string_columns = tuple(dict.fromkeys(([label_key] if label_key else []) + list(LABEL_KEYS)))
-    labels = _read_table(labels_uri, storage, "labels file", string_columns=string_columns)
+    labels = read_table(labels_uri, storage, "labels file", string_columns=string_columns)
     key = _label_key(labels, label_key, labels_uri)
     # what the key is matched against: uri and filename keys by name, any other key against slide_id
     if key == "uri":
@@ -568,7 +568,7 @@ def read_manifest(uri: str, storage: "StorageConfig | None" = None) -> pa.Table:
             non-positive ``mpp`` values; the message names the manifest and
             the rows.
     """
-    table = _read_table(uri, storage, "manifest", string_columns=("uri", "slide_id"))
+    table = read_table(uri, storage, "manifest", string_columns=("uri", "slide_id"))
     if "uri" not in table.column_names:
         raise ManifestError(
             f"manifest {uri} has no 'uri' column (columns found: {', '.join(table.column_names) or 'none'}); "

@@ -16,7 +16,8 @@ Built-in names (see :func:`list_encoders`):
 * ``timm:<architecture>``: any timm model, classifier removed;
 * pathology foundation models by architecture (UNI, CONCH vision tower,
   Virchow2, H-optimus-0, Prov-GigaPath): :mod:`wsiscale.models.foundation`;
-* our own checkpoints: :func:`register` a spec (the pretraining stage does).
+* our own checkpoints: the ``encoder/`` directory a ``wsiscale pretrain`` run exports
+  (``embed.encoder=<dir>``), or :func:`register` a spec.
 
 ``weights="random"`` builds a seeded random initialisation (tests, demos and
 benchmarks on machines without checkpoints); it is never the default.
@@ -93,10 +94,14 @@ def list_encoders() -> list[EncoderSpec]:
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The spec for ``name`` (``timm:<architecture>`` builds one on the fly)."""
+    """The spec for ``name`` (``timm:<architecture>`` builds one on the fly; an exported ``encoder/``
+    directory gives its architecture's)."""
     _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
+    exported = _exported_encoder(name)
+    if exported is not None:
+        return get_spec(exported["encoder"])
     if name.startswith("timm:"):
         return _timm_spec(name[len("timm:") :])
     import difflib
@@ -302,6 +307,20 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], spec: Encoder
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
+def _exported_encoder(name: str) -> dict | None:
+    """The ``encoder.json`` of a local directory exported by ``wsiscale pretrain``, if ``name`` is one."""
+    import json
+
+    p = Path(name[len("file://"):] if name.startswith("file://") else name)
+    if "/" not in name or not (p / "encoder.json").is_file():
+        return None
+    spec = json.loads((p / "encoder.json").read_text())
+    if "encoder" not in spec:
+        raise EncoderError(f"{p} holds a {spec.get('architecture')!r} encoder, not a tile encoder: region encoders "
+                           "load with wsiscale.pretrain.region_vit.load_region_encoder")
+    return spec
+
+
 def load_encoder(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -313,13 +332,18 @@ def load_encoder(
     """Build encoder ``name`` with local ``weights`` on ``device`` (default: CUDA if available).
 
     Args:
-        name: registry name or ``timm:<architecture>``.
+        name: registry name, ``timm:<architecture>``, or the ``encoder/`` directory a
+            ``wsiscale pretrain`` run exported (its ``encoder.json`` names the architecture;
+            its weights are used unless ``weights`` is given).
         weights: local file/directory, ``"random"`` for a seeded random init, or None
             (random init with a warning for generic architectures; an error for
             foundation models).
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast on CUDA; CPU runs fp32).
         channels_last: NHWC memory format (default: on CUDA).
     """
+    exported = _exported_encoder(name)
+    if exported is not None:  # the encoder/ directory of a `wsiscale pretrain` run (patch level)
+        name, weights = exported["encoder"], Path(name) if weights is None else weights
     spec = get_spec(name)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if weights is None and spec.needs_weights:

@@ -28,18 +28,16 @@ class RegionFile:
     rows: int
 
 
-def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile], list[str], list[int]]:
-    """``(files, slide_ids, region_shape [D, g, g])`` of a regions-mode embedding run's completed slides."""
+def run_files(run: str, storage: Any, data_dir: str, hint: str) -> tuple[list[RegionFile], list[str]]:
+    """``(files, slide_ids)``: the shard files of a tiling or embedding run's completed slides, in
+    ``slides.parquet`` order, each with its slide's index and the index of its first row within the slide."""
     from wsiscale.data.run_state import RunState
-    from wsiscale.data.shards import read_parquet
-    from wsiscale.index.sources import region_shape
 
-    state = RunState(embeddings, storage, data_dir="embeddings")
+    state = RunState(run, storage, data_dir=data_dir)
     slides = state.read_table("slides.parquet")
     if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed --set embed.mode=regions` "
-                                "first")
-    files, ids, shape = [], [], None
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: {hint}")
+    files, ids = [], []
     for sid, shards in zip(slides.column("slide_id").to_pylist(), slides.column("shards").to_pylist()):
         entries = [s for s in json.loads(shards) if s.get("rows")]
         if not entries:
@@ -50,13 +48,30 @@ def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile]
             first += int(s["rows"])
         ids.append(sid)
     if not files:
-        raise FileNotFoundError(f"{state.uri}: no completed slide has region embeddings")
-    head = read_parquet(files[0].uri, storage)
-    shape = region_shape(head)
+        raise FileNotFoundError(f"{state.uri}: no completed slide has {data_dir}")
+    return files, ids
+
+
+def slide_items(files: list[RegionFile], slides: set[int] | None = None) -> list[dict[str, Any]]:
+    """``[{"slide": index, "uris": [its shard files]}]`` in slide order (only ``slides`` when given)."""
+    per_slide: dict[int, list[str]] = {}
+    for f in files:
+        if slides is None or f.slide in slides:
+            per_slide.setdefault(f.slide, []).append(f.uri)
+    return [{"slide": s, "uris": uris} for s, uris in sorted(per_slide.items())]
+
+
+def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile], list[str], list[int]]:
+    """``(files, slide_ids, region_shape [D, g, g])`` of a regions-mode embedding run's completed slides."""
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.index.sources import region_shape
+
+    files, ids = run_files(embeddings, storage, "embeddings", "run `wsiscale embed --set embed.mode=regions` first")
+    shape = region_shape(read_parquet(files[0].uri, storage))
     if not shape:
         from wsiscale.config import ConfigError
 
-        raise ConfigError(f"{state.uri} holds tile embeddings; region pretraining needs a regions-mode run "
+        raise ConfigError(f"{embeddings} holds tile embeddings; region pretraining needs a regions-mode run "
                           "(embed.mode=regions: each row a [D, g, g] grid of patch embeddings)")
     return files, ids, list(shape)
 

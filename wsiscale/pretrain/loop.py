@@ -1,20 +1,27 @@
-"""Ray Train worker loop for DINO on region feature grids (HIPT/SLPD region encoder).
+"""Ray Train worker loop for DINO on tiles (patch encoder) or region feature grids (HIPT/SLPD region encoder).
 
 ``train_loop_per_worker(config)`` runs on every Ray Train worker: DDP (gloo on
 CPU, NCCL on GPU, set up by Ray Train), the student/teacher pair of
-:class:`DinoModel` (region ViT + DINO head), AdamW with per-step cosine
+:class:`DinoModel` (patch encoder or region ViT + DINO head), AdamW with per-step cosine
 schedules for lr and weight decay, EMA teacher with a cosine momentum
 schedule, DINO centering, gradient clipping, the last layer frozen for the
 first epoch(s), autocast on GPU. Batches come from the worker's shard of the
-region dataset (``get_dataset_shard("train")``); the multi-crop views
-(slices of the token grid) are cut here, seeded by ``(seed, step, rank)``, so
-a resumed run sees the same views as an uninterrupted one.
+dataset (``get_dataset_shard("train")``). Tile views are cut and colour-
+augmented by Ray Data's CPU tasks (:mod:`wsiscale.pretrain.tile_data`); region
+views (slices of the token grid) are cut here, seeded by ``(seed, step,
+rank)``, so a resumed run sees the same views as an uninterrupted one.
+
+Rank 0 also runs SLPD's clustering step (region level, after the warm-up) and
+the periodic linear-probe/kNN evaluation (:mod:`wsiscale.pretrain.evaluate`)
+and writes ``progress.json`` (the driver shows it as a rich progress bar).
 
 Checkpoints (rank 0, every ``checkpoint_every`` steps and at the end) hold
-student, teacher, optimizer, loss centre, step and the number of regions
-consumed; a restarted worker group (``FailureConfig``) or a resubmitted job
-(same ``storage_path`` and name) continues from the latest one, also with a
-different number of workers (the position is kept in regions, not steps).
+student, teacher, optimizer, loss centres, step and the number of items
+(regions or tiles) consumed in ``state.pt``, and the config, step history and
+evaluations in ``meta.json``; a restarted worker group (``FailureConfig``) or
+a resubmitted job (same ``storage_path`` and name) continues from the latest
+one, also with a different number of workers (the position is kept in items,
+not steps).
 """
 
 from __future__ import annotations
@@ -61,12 +68,57 @@ class DinoModel(nn.Module):
         return logits, z, f
 
 
-def build_model(pretrain: Any, input_dim: int, grid: int, drop_path: float | None = None) -> DinoModel:
+def patch_backbone(name: str, drop_path: float) -> tuple[nn.Module, int]:
+    """``(backbone, feature dim)`` of registered tile encoder ``name``, trainable at any view size.
+
+    ViTs (``vit_s16``, ``timm:<vit>``) are built with timm's ``dynamic_img_size`` (position
+    embeddings interpolated for 96 px local views) and ``drop_path``; the state dict is the
+    registry's, so the exported weights load with ``load_encoder(name, weights=...)``.
+    """
+    import timm
+
+    from wsiscale.models.encoders import get_spec
+
+    spec = get_spec(name)
+    arch = {"vit_s16": ("vit_small_patch16_224", {"img_size": 256})}.get(name)
+    if arch is None and name.startswith("timm:"):
+        arch = (name[len("timm:"):], {})
+    if arch is not None:
+        try:
+            return timm.create_model(arch[0], pretrained=False, num_classes=0, dynamic_img_size=True,
+                                     drop_path_rate=drop_path, **arch[1]), spec.dim
+        except TypeError:  # not a ViT: convolutional nets take any input size
+            pass
+    return spec.build(), spec.dim
+
+
+def build_model(pretrain: Any, shape: list[int], drop_path: float | None = None) -> DinoModel:
+    """Student/teacher network for ``shape``: ``[D, g, g]`` region grids or ``[3, S, S]`` tiles (patch level)."""
     p = pretrain
-    backbone = RegionViT(input_dim=input_dim, embed_dim=p.embed_dim, depth=p.depth, num_heads=p.heads, grid=grid,
-                         drop_path_rate=p.drop_path if drop_path is None else drop_path)
-    head = DINOHead(p.embed_dim, p.out_dim, hidden_dim=p.head_hidden_dim, bottleneck_dim=p.head_bottleneck_dim)
+    dp = p.drop_path if drop_path is None else drop_path
+    if p.level == "patch":
+        backbone, dim = patch_backbone(p.patch_encoder, dp)
+    else:
+        backbone = RegionViT(input_dim=int(shape[0]), embed_dim=p.embed_dim, depth=p.depth, num_heads=p.heads,
+                             grid=int(shape[1]), drop_path_rate=dp)
+        dim = p.embed_dim
+    head = DINOHead(dim, p.out_dim, hidden_dim=p.head_hidden_dim, bottleneck_dim=p.head_bottleneck_dim)
     return DinoModel(backbone, head)
+
+
+def image_normaliser(pretrain: Any):
+    """``[B, S, S, 3]`` uint8 tensor -> ``[B, 3, S, S]`` float normalised as the patch encoder expects."""
+    from wsiscale.models.encoders import get_spec
+
+    spec = get_spec(pretrain.patch_encoder)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float()
+        return (x - mean.to(x.device)) / std.to(x.device)
+
+    return normalise
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -84,6 +136,15 @@ def make_views(grids: torch.Tensor, pretrain: Any, rng: np.random.Generator) -> 
     per_region = [grid_multicrop(r, rng, pretrain.global_crops, pretrain.local_crops, pretrain.global_crop_tokens,
                                  pretrain.local_crop_tokens) for r in grids.numpy()]
     return [torch.from_numpy(np.stack(view)) for view in zip(*per_region)]
+
+
+def batch_views(b: dict[str, torch.Tensor], pretrain: Any, rng: np.random.Generator, device: torch.device,
+                normalise=None) -> list[torch.Tensor]:
+    """The multi-crop views of a batch on ``device``: cut from region grids here, or Ray Data's tile views."""
+    if "grid" in b:
+        return [v.to(device, non_blocking=True) for v in make_views(b["grid"], pretrain, rng)]
+    n = pretrain.global_crops + pretrain.local_crops
+    return [normalise(b[f"view_{i}"].to(device, non_blocking=True)) for i in range(n)]
 
 
 def _autocast(device: torch.device, precision: str):
@@ -152,8 +213,46 @@ class SlpdTargets:
         return intra, inter
 
 
+def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int) -> dict[str, float]:
+    """Rank 0's probe metrics of the current teacher, shared with every rank."""
+    import torch.distributed as dist
+
+    from wsiscale.pretrain.data import RegionFile
+    from wsiscale.pretrain.evaluate import evaluate
+
+    holder: list[Any] = [{}]
+    if rank == 0:
+        state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+        ev = config["eval"]
+        holder[0] = evaluate([RegionFile(**f) for f in config["files"]], config["shape"], state, p,
+                             np.asarray(ev["slides"]), np.asarray(ev["labels"]), config.get("storage"))
+    if world > 1 and dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _write_progress(config: dict[str, Any], record: dict[str, Any]) -> None:
+    """Rank 0's ``progress.json`` beside the checkpoints (the driver polls it for its progress bar)."""
+    uri = config.get("progress_uri")
+    if not uri:
+        return
+    from wsiscale.io.uri import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(uri, json.dumps(record).encode(), config.get("storage"))
+    except OSError as exc:  # progress is cosmetic: never fail training for it
+        import logging
+
+        logging.getLogger(__name__).warning("cannot write %s: %s", uri, exc)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; ``config``: ``pretrain`` (DinoConfig dict), ``shape`` [D, g, g], ``n_regions``."""
+    """Ray Train entry point.
+
+    ``config``: ``pretrain`` (DinoConfig dict), ``shape`` (``[D, g, g]`` regions or ``[3, S, S]``
+    tiles), ``n_items``, ``files``/``n_slides``/``storage`` (SLPD's clustering step and the
+    evaluation), ``eval`` (``slides``, ``labels``) and ``progress_uri`` (optional).
+    """
     import ray.train
     import ray.train.torch
 
@@ -163,26 +262,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    input_dim, grid = int(config["shape"][0]), int(config["shape"][1])
+    shape = [int(v) for v in config["shape"]]
     torch.manual_seed(p.seed)
-    student = build_model(p, input_dim, grid)
-    teacher = build_model(p, input_dim, grid, drop_path=0.0)
+    student = build_model(p, shape)
+    teacher = build_model(p, shape, drop_path=0.0)
     teacher.load_state_dict(student.state_dict())
     for prm in teacher.parameters():
         prm.requires_grad = False
     teacher.to(device)
     student = ray.train.torch.prepare_model(student)
     module = student.module if hasattr(student, "module") else student
+    normalise = image_normaliser(p) if p.level == "patch" else None
     views = p.global_crops + p.local_crops
     dino = DINOLoss(p.out_dim, views, p.global_crops, p.student_temp, p.center_momentum).to(device)
     proto_loss = DINOLoss(p.out_dim, views, 1, p.student_temp, p.center_momentum).to(device)  # SLPD intra + inter
     opt = torch.optim.AdamW(param_groups(module))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and p.precision == "fp16" else None
 
-    batch, n_regions = p.batch_size, int(config["n_regions"])
-    spe = n_regions // world // batch
+    batch, n_items = p.batch_size, int(config["n_items"])
+    unit = "tiles" if p.level == "patch" else "regions"
+    spe = n_items // world // batch
     if spe < 1:
-        raise ValueError(f"{n_regions} regions cannot fill one batch of {batch} on each of {world} workers: "
+        raise ValueError(f"{n_items} {unit} cannot fill one batch of {batch} on each of {world} workers: "
                          "lower pretrain.batch_size or use fewer workers")
     total = p.epochs * spe
     lr = cosine_schedule(p.lr * batch * world / 256.0, p.min_lr, p.epochs, spe, p.lr_warmup_epochs)
@@ -191,23 +292,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ttemp = teacher_temp_schedule(p.warmup_teacher_temp, p.teacher_temp, p.warmup_teacher_temp_epochs, p.epochs)
 
     step = 0
+    history: list[dict[str, float]] = []
+    evaluations: list[dict[str, float]] = []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
+            with open(os.path.join(d, "meta.json")) as fh:
+                meta = json.load(fh)
         module.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino.load_state_dict(state["dino_loss"])
-        if "proto_loss" in state:
-            proto_loss.load_state_dict(state["proto_loss"])
+        proto_loss.load_state_dict(state["proto_loss"])
         if state["world"] == world:
             opt.load_state_dict(state["optimizer"])
-        step = min(total, int(state["regions"]) // (batch * world))  # the position is kept in regions
+        step = min(total, int(state["items"]) // (batch * world))  # the position is kept in items
+        history = [h for h in meta.get("history", []) if h["step"] <= step]
+        evaluations = [e for e in meta.get("evaluations", []) if e["step"] <= step]
+    resumed_from = step
     shard = ray.train.get_dataset_shard("train")
     if step >= total:  # resumed a finished run: nothing to train
         ray.train.report({"step": step, "total_steps": total, "world": world, "already_complete": True})
         return
-    history: list[dict[str, float]] = []
+    run_eval = p.eval_every > 0 and config.get("eval") is not None
     t_last, n_last = time.perf_counter(), 0
     targets: SlpdTargets | None = None
     while step < total:
@@ -221,7 +328,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i >= spe or step >= total:
                 break
             rng = np.random.default_rng((p.seed, step, rank))
-            crops = [v.to(device, non_blocking=True) for v in make_views(b["grid"], p, rng)]
+            crops = batch_views(b, p, rng, device, normalise)
             for j, group in enumerate(opt.param_groups):
                 group["lr"] = float(lr[step])
                 if j == 0:
@@ -260,27 +367,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       "intra_loss": float(intra.item()), "inter_loss": float(inter.item()),
                       "clustered_slides": targets.clustered if targets is not None else 0,
                       "lr": float(lr[step - 1]), "weight_decay": float(wd[step - 1]),
-                      "teacher_momentum": float(mom[step - 1]), "teacher_temp": float(ttemp[epoch])}
+                      "teacher_momentum": float(mom[step - 1]), "teacher_temp": float(ttemp[epoch]),
+                      "time": time.time()}
             history.append(record)
             last = step == total
-            if step % p.checkpoint_every == 0 or step % p.log_every == 0 or last:
+            epoch_end = step % spe == 0
+            evaluated = {}
+            if run_eval and epoch_end and ((epoch + 1) % p.eval_every == 0 or last):
+                evaluated = _evaluate(config, p, teacher, rank, world) | {"epoch": epoch, "step": step}
+                evaluations.append(evaluated)
+            if step % p.checkpoint_every == 0 or step % p.log_every == 0 or last or evaluated:
                 now = time.perf_counter()
-                metrics = history[-1] | {"regions_per_s": n_last / max(now - t_last, 1e-9),
+                metrics = history[-1] | {f"{unit}_per_s": n_last / max(now - t_last, 1e-9), "resumed_from": resumed_from,
                                          "loss_mean": float(np.mean([h["loss"] for h in history[-p.log_every:]])),
                                          "world": world, "total_steps": total}
+                if evaluations:
+                    metrics |= {k: v for k, v in evaluations[-1].items() if k not in ("epoch", "step")}
                 t_last, n_last = now, 0
+                if rank == 0:
+                    _write_progress(config, metrics)
                 if step % p.checkpoint_every == 0 or last:
                     _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher,
-                                            {"dino_loss": dino, "proto_loss": proto_loss}, opt, p, config, history)
+                                            {"dino_loss": dino, "proto_loss": proto_loss}, opt, p, config, history,
+                                            evaluations)
                 else:
                     ray.train.report(metrics)
         if not progressed:  # the shard ended before the epoch's steps: avoid spinning
             raise RuntimeError(f"worker {rank}: the dataset shard gave no batch for epoch {epoch} (skip {skip})")
 
 
-def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, regions: int, module: nn.Module,
+def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, items: int, module: nn.Module,
                             teacher: nn.Module, losses: dict[str, DINOLoss], opt: torch.optim.Optimizer, p: Any,
-                            config: dict[str, Any], history: list[dict[str, float]]) -> None:
+                            config: dict[str, Any], history: list[dict[str, float]],
+                            evaluations: list[dict[str, float]]) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
@@ -289,9 +408,9 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, regi
             torch.save({"student": module.state_dict(), "teacher": teacher.state_dict(),
                         **{k: v.state_dict() for k, v in losses.items()}, "optimizer": opt.state_dict(),
                         "step": metrics["step"],
-                        "regions": regions, "world": world}, os.path.join(d, "state.pt"))
+                        "items": items, "world": world}, os.path.join(d, "state.pt"))
             with open(os.path.join(d, "meta.json"), "w") as fh:
                 json.dump({"pretrain": p.model_dump(mode="json"), "shape": config["shape"], "metrics": metrics,
-                           "history": history}, fh)
+                           "history": history, "evaluations": evaluations}, fh)
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)

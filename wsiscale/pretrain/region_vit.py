@@ -66,3 +66,30 @@ def num_params(model: nn.Module) -> int:
 
 
 
+
+
+def load_region_encoder(directory: str, storage=None) -> "RegionViT":
+    """The region ViT exported by ``wsiscale pretrain`` (``encoder.json`` + ``region_vit.safetensors``), eval mode."""
+    import json
+
+    from safetensors.torch import load
+
+    from wsiscale.io.uri import filesystem, join_uri
+
+    fs, path = filesystem(join_uri(directory, "encoder.json"), storage)
+    try:
+        with fs.open(path, "rb") as fh:
+            spec = json.loads(fh.read())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{directory} has no encoder.json: give the encoder/ directory of a pretraining run")\
+            from exc
+    if spec.get("architecture") != "region_vit":
+        raise ValueError(f"{directory} holds a {spec.get('architecture')!r} encoder, not a region ViT "
+                         "(a patch encoder loads with wsiscale.models.encoders.load_encoder)")
+    fs, path = filesystem(join_uri(directory, spec["weights"]), storage)
+    with fs.open(path, "rb") as fh:
+        state = load(fh.read())
+    model = RegionViT(input_dim=spec["input_dim"], embed_dim=spec["embed_dim"], depth=spec["depth"],
+                      num_heads=spec["heads"], grid=spec["grid"], drop_path_rate=0.0)
+    model.load_state_dict(state)
+    return model.eval()

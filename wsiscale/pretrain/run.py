@@ -1,14 +1,19 @@
-"""Driver of region-level DINO pretraining on Ray Train (``TorchTrainer``).
+"""Driver of DINO / SLPD pretraining on Ray Train (``TorchTrainer``).
 
-``run_pretraining(cfg, embeddings, out)`` lists the regions-mode embedding
-run, builds the region dataset (:mod:`wsiscale.pretrain.data`), and fits a
-``TorchTrainer`` with ``pretrain.num_workers`` workers (a ``(min, max)``
-pair is elastic: an autoscaling cluster can add workers mid-run), checkpoints
-under ``<out>/pretrain`` (``RunConfig(storage_path=out, name="pretrain")``:
-resubmitting the same job resumes from the latest checkpoint) and
-``FailureConfig(max_failures)``. The teacher backbone of the final checkpoint
-is exported to ``<out>/encoder/`` (safetensors + JSON spec) and the resolved
-config is saved next to it.
+``run_pretraining(cfg, source, out)`` takes a regions-mode embedding run
+(``pretrain.level=region``: the region ViT of HIPT/SLPD over grids of patch
+embeddings) or a tiling run with pixels (``level=patch``: the patch encoder,
+ViT-S/16 by default, on DINO multi-crop views of the tiles), builds the Ray
+Dataset (:mod:`wsiscale.pretrain.data` / :mod:`wsiscale.pretrain.tile_data`)
+and fits a ``TorchTrainer`` with ``pretrain.num_workers`` workers (a ``(min,
+max)`` pair is elastic: an autoscaling cluster can add workers mid-run),
+checkpoints under ``<out>/pretrain`` (``RunConfig(storage_path=out,
+name="pretrain")``: resubmitting the same job resumes from the latest
+checkpoint) and ``FailureConfig(max_failures)``. While it runs, the driver
+shows rank 0's ``progress.json`` as a rich progress bar. The teacher backbone
+of the final checkpoint is exported to ``<out>/encoder/`` (safetensors + JSON
+spec; a patch encoder loads with ``load_encoder``/``embed.encoder=<out>/encoder``)
+and the resolved config is saved next to it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
 from wsiscale.io.uri import is_local, join_uri, local_path, normalize_uri
+from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +39,44 @@ def _storage_path(out: str) -> str:
     return str(local_path(uri)) if is_local(uri) else uri
 
 
-def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, Any]:
-    """Pretrain the region encoder with DINO on a regions-mode embedding run; returns a summary."""
+def _inputs(cfg: WsiscaleConfig, source: str) -> tuple[list, list[str], list[int], Any]:
+    """``(files, slide_ids, shape, dataset)`` of the pretraining input for ``pretrain.level``."""
+    p = cfg.pretrain
+    if p.level == "patch":
+        from wsiscale.pretrain.tile_data import tile_dataset, tile_files
+
+        if p.method == "slpd":
+            raise ConfigError("SLPD distils slide-level prototypes into the region encoder: use pretrain.level=region "
+                              "(or pretrain.method=dino for the patch encoder)")
+        files, slide_ids, _ = tile_files(source, cfg.storage)
+        shape = [3, p.global_image_size, p.global_image_size]
+        return files, slide_ids, shape, tile_dataset(files, p, cfg.storage, READ_TASK_CPUS)
+    from wsiscale.pretrain.data import region_dataset, region_files
+
+    files, slide_ids, shape = region_files(source, cfg.storage)
+    if shape[1] < p.global_crop_tokens or shape[2] < p.global_crop_tokens:
+        raise ConfigError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
+                          f"{p.global_crop_tokens}-token global crops: lower pretrain.global_crop_tokens")
+    return files, slide_ids, shape, region_dataset(files, shape, cfg.storage)
+
+
+def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any]:
+    """Pretrain with DINO (or SLPD) on ``source`` (regions-mode embedding run or tiling run); returns a summary."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from wsiscale.pretrain.data import region_dataset, region_files
     from wsiscale.pretrain.loop import train_loop_per_worker
 
     p = cfg.pretrain
-    if p.level != "region":
-        raise ConfigError("pretrain.level=patch (DINO on tiles) is not implemented yet; use level=region")
-    files, slide_ids, shape = region_files(embeddings, cfg.storage)
-    if shape[1] < p.global_crop_tokens or shape[2] < p.global_crop_tokens:
-        raise ConfigError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
-                         f"{p.global_crop_tokens}-token global crops: lower pretrain.global_crop_tokens")
-    n_regions = sum(f.rows for f in files)
-    ds = region_dataset(files, shape, cfg.storage)
+    files, slide_ids, shape, ds = _inputs(cfg, source)
+    n_items = sum(f.rows for f in files)
+    unit = "tiles" if p.level == "patch" else "regions"
+    evaluation = None
+    if p.eval_labels and p.eval_every:
+        from wsiscale.pretrain.evaluate import load_eval_labels
+
+        slides, labels, names = load_eval_labels(p.eval_labels, slide_ids, cfg.storage)
+        evaluation = {"slides": slides.tolist(), "labels": labels.tolist(), "classes": names}
     lo, hi = p.num_workers
     _check_data_cpus(cfg, hi)
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
@@ -58,18 +85,21 @@ def run_pretraining(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str,
         name="pretrain", storage_path=_storage_path(out),
         failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    progress_uri = join_uri(normalize_uri(out), "pretrain", "progress.json")
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_regions": n_regions,
+        train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_items": n_items,
                            "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids),
-                           "storage": cfg.storage},
+                           "storage": cfg.storage, "eval": evaluation, "progress_uri": progress_uri},
         scaling_config=scaling, run_config=run_config, datasets={"train": ds})
-    log.info("pretraining DINO on %d regions of %d slides (%s grids), %s workers", n_regions, len(slide_ids),
-             "x".join(map(str, shape)), p.num_workers)
-    result = trainer.fit()
+    log.info("pretraining %s (%s level) on %d %s of %d slides (%s), %s workers", p.method.upper(), p.level, n_items,
+             unit, len(slide_ids), "x".join(map(str, shape)), p.num_workers)
+    with watch_progress(progress_uri, cfg.storage, f"pretrain {p.method}"):
+        result = trainer.fit()
     if result.error:
         raise result.error
-    summary = {"regions": n_regions, "slides": len(slide_ids), "shape": shape, "metrics": result.metrics,
+    summary = {unit: n_items, "items": n_items, "unit": unit, "slides": len(slide_ids), "shape": shape,
+               "level": p.level, "metrics": result.metrics,
                "checkpoint": result.checkpoint.path if result.checkpoint else None}
     if result.checkpoint is not None:
         summary["encoder"] = export_encoder(result.checkpoint, join_uri(normalize_uri(out), "encoder"), cfg)
@@ -98,7 +128,13 @@ def _check_data_cpus(cfg: WsiscaleConfig, workers: int) -> None:
 
 
 def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
-    """Write the checkpoint's teacher backbone as ``<out>/region_vit.safetensors`` + ``<out>/encoder.json``."""
+    """Write the checkpoint's teacher backbone to ``<out>/`` as safetensors + ``encoder.json``.
+
+    Patch level: ``model.safetensors`` with the registry encoder's own keys, and ``encoder.json``
+    naming it (``{"encoder": "vit_s16", ...}``): ``embed.encoder=<out>`` (or
+    ``load_encoder("<out>")``) embeds tiles with it. Region level: ``region_vit.safetensors``
+    and the region ViT's sizes (:func:`wsiscale.pretrain.region_vit.load_region_encoder`).
+    """
     import torch
     from safetensors.torch import save
 
@@ -109,10 +145,19 @@ def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
         with open(os.path.join(d, "meta.json")) as fh:
             meta = json.load(fh)
     backbone = {k[len("backbone."):]: v.contiguous() for k, v in state["teacher"].items() if k.startswith("backbone.")}
-    write_bytes_atomic(join_uri(out, "region_vit.safetensors"), save(backbone), cfg.storage)
     p = cfg.pretrain
-    spec = {"architecture": "region_vit", "input_dim": meta["shape"][0], "grid": meta["shape"][1],
-            "embed_dim": p.embed_dim, "depth": p.depth, "heads": p.heads, "step": state["step"],
-            "method": p.method, "weights": "region_vit.safetensors"}
-    write_bytes_atomic(join_uri(out, "encoder.json"), json.dumps(spec, indent=1).encode(), cfg.storage)
+    common = {"method": p.method, "step": state["step"], "source": "wsiscale pretrain (DINO teacher backbone)"}
+    if p.level == "patch":
+        from wsiscale.models.encoders import get_spec
+
+        spec = get_spec(p.patch_encoder)
+        weights = "model.safetensors"
+        info = {"encoder": p.patch_encoder, "architecture": p.patch_encoder, "dim": spec.dim,
+                "input_size": spec.input_size, "mpp": spec.mpp, "weights": weights} | common
+    else:
+        weights = "region_vit.safetensors"
+        info = {"architecture": "region_vit", "input_dim": meta["shape"][0], "grid": meta["shape"][1],
+                "embed_dim": p.embed_dim, "depth": p.depth, "heads": p.heads, "weights": weights} | common
+    write_bytes_atomic(join_uri(out, weights), save(backbone), cfg.storage)
+    write_bytes_atomic(join_uri(out, "encoder.json"), json.dumps(info, indent=1).encode(), cfg.storage)
     return out

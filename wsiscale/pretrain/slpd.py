@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.pretrain.data import RegionFile
+from wsiscale.pretrain.data import RegionFile, slide_items
 
 
 @dataclass
@@ -53,45 +53,25 @@ class SlideClusterer:
 
     def __init__(self, teacher_state: Any, pretrain: dict, shape: list[int], m: int, min_regions: int,
                  iters: int, restarts: int, seed: int, storage: Any = None, batch: int = 256) -> None:
-        import torch
+        from wsiscale.pretrain.features import TeacherFeatures
 
-        from wsiscale.config import DinoConfig
-        from wsiscale.pretrain.loop import build_model
-
-        p = DinoConfig.model_validate(pretrain)
-        self.model = build_model(p, shape[0], shape[1], drop_path=0.0)
-        if not isinstance(teacher_state, dict):  # an object-store reference (shared by every actor)
-            import ray
-
-            teacher_state = ray.get(teacher_state)
-        self.model.load_state_dict(teacher_state)
-        self.model.eval()
+        self.teacher = TeacherFeatures(teacher_state, pretrain, shape, batch)
         self.shape, self.m, self.min_regions = shape, m, min_regions
-        self.iters, self.restarts, self.seed, self.storage, self.batch = iters, restarts, seed, storage, batch
-        self.crop = p.global_crop_tokens
-        self.torch = torch
+        self.iters, self.restarts, self.seed, self.storage = iters, restarts, seed, storage
+        self.crop = self.teacher.p.global_crop_tokens
 
     def features(self, grids: np.ndarray) -> np.ndarray:
         """``[n, D, g, g]`` -> ``[n, bottleneck]`` normalised teacher features of the centre crops."""
-        torch = self.torch
-        g, c = grids.shape[-1], self.crop
-        lo = (g - c) // 2
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(grids), self.batch):
-                x = torch.from_numpy(np.ascontiguousarray(grids[i : i + self.batch, :, lo : lo + c, lo : lo + c]))
-                out.append(self.model([x])[1].numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return self.teacher(grids, crop=self.crop, head=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from wsiscale.index.prototypes import batched_kmeans
         from wsiscale.index.slides import slide_seed
-        from wsiscale.pretrain.data import read_region_grids
+        from wsiscale.pretrain.features import read_slide_items
 
         slides, protos, valid, assigns = [], [], [], []
         for slide, uris in zip(batch["slide"], batch["uris"]):
-            x = np.concatenate([read_region_grids(uri, self.storage, self.shape) for uri in uris])
-            z = self.features(x)
+            z = self.features(read_slide_items(list(uris), self.storage, self.shape, "region"))
             ok = len(z) >= max(self.min_regions, 1)
             if ok:
                 p, _ = batched_kmeans([z], self.m, iters=self.iters, spherical=True, restarts=self.restarts,
@@ -117,10 +97,7 @@ def cluster_step(files: list[RegionFile], n_slides: int, shape: list[int], teach
 
     from wsiscale.index.prototypes import all_neighbours
 
-    per_slide: dict[int, list[str]] = {}
-    for f in files:
-        per_slide.setdefault(f.slide, []).append(f.uri)
-    items = [{"slide": s, "uris": uris} for s, uris in sorted(per_slide.items())]
+    items = slide_items(files)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64 * actors)))
     state_ref = ray.put(teacher_state)
     out = ds.map_batches(SlideClusterer, batch_size=1, concurrency=actors, num_cpus=cpus_per_actor,

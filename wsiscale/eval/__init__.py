@@ -1,0 +1,1 @@
+"""Evaluation of learned representations: linear probes and kNN on slide-level vectors."""

@@ -1,0 +1,77 @@
+"""Features of a (teacher) DINO model for whole slides, in Ray Data actors: SLPD's clustering and the probes.
+
+:class:`TeacherFeatures` rebuilds the model from a state dict (an object-store
+reference is resolved first: every actor shares one copy) and embeds
+
+* region grids ``[n, D, g, g]``: the backbone's CLS feature ``[n, embed_dim]``
+  of the whole grid (or of its centre ``crop`` tokens), or the L2-normalised
+  bottleneck of the DINO head ``[n, 256]`` (``head=True``, SLPD's
+  clustering feature);
+* tiles ``[n, S, S, 3]`` uint8: resized to the global view size and
+  normalised as the patch encoder expects.
+
+:func:`read_slide_items` reads one slide's grids or decoded tiles from its shard files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def read_slide_items(uris: list[str], storage: Any, shape: list[int], level: str) -> np.ndarray:
+    """A slide's region grids ``[n, D, g, g]`` float32 or tiles ``[n, S, S, 3]`` uint8 from its shard files."""
+    if level == "region":
+        from wsiscale.pretrain.data import read_region_grids
+
+        return np.concatenate([read_region_grids(u, storage, shape) for u in uris])
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.data.tiles import decode_image, pixel_mode_of, resize_tiles
+
+    out = []
+    for u in uris:
+        t = read_parquet(str(u), storage, ["image", "tile_size"])
+        pixels = pixel_mode_of(t.schema)
+        tiles = [decode_image(b, pixels, int(s)) for b, s in zip(t.column("image").to_pylist(),
+                                                               t.column("tile_size").to_pylist())]
+        if tiles:
+            out.append(resize_tiles(np.stack(tiles), shape[1]))
+    return np.concatenate(out) if out else np.zeros((0, shape[1], shape[1], 3), np.uint8)
+
+
+class TeacherFeatures:
+    """The teacher of a pretraining run on CPU, in eval mode (built from its state dict)."""
+
+    def __init__(self, teacher_state: Any, pretrain: dict, shape: list[int], batch: int = 128) -> None:
+        import torch
+
+        from wsiscale.config import DinoConfig
+        from wsiscale.pretrain.loop import build_model, image_normaliser
+
+        if not isinstance(teacher_state, dict):  # an object-store reference (shared by every actor)
+            import ray
+
+            teacher_state = ray.get(teacher_state)
+        self.p = DinoConfig.model_validate(pretrain)
+        self.model = build_model(self.p, shape, drop_path=0.0)
+        self.model.load_state_dict(teacher_state)
+        self.model.eval()
+        self.shape, self.batch, self.torch = shape, batch, torch
+        self.normalise = image_normaliser(self.p) if self.p.level == "patch" else None
+
+    def __call__(self, items: np.ndarray, crop: int | None = None, head: bool = False) -> np.ndarray:
+        """``[n, embed_dim]`` backbone features (or ``[n, bottleneck]`` normalised head features)."""
+        torch = self.torch
+        if self.normalise is None and crop is not None:
+            lo = (items.shape[-1] - crop) // 2
+            items = items[:, :, lo : lo + crop, lo : lo + crop]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(items), self.batch):
+                x = torch.from_numpy(np.ascontiguousarray(items[i : i + self.batch]))
+                if self.normalise is not None:
+                    x = self.normalise(x)
+                _, z, f = self.model([x])
+                out.append((z if head else f).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
