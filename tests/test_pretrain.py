@@ -247,8 +247,26 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
     for s in range(8):
         sim = res.prototypes[s] @ res.prototypes[nb[s]].T
         np.testing.assert_array_equal(res.neighbour_protos[s, :, 0], sim.argmax(1))
+    # the targets as the region read tasks see them: per region, its prototype (intra) and the matched prototype
+    # of the nearest slide (inter), equal to the hand-checked prototype_targets lookup
+    from wsiscale.pretrain.losses import prototype_targets
+    from wsiscale.pretrain.slpd import read_region_targets, write_targets
+
+    uri = str(tmp_path / "targets")
+    assert read_region_targets(uri, 0, 0, 3)["target_epoch"].tolist() == [-1] * 3  # nothing written yet
+    write_targets(res, uri, epoch=5)
+    protos, nbs, nbp = (torch.from_numpy(a) for a in (res.prototypes, res.neighbour_slides, res.neighbour_protos))
+    for s in range(8):
+        got = read_region_targets(uri, s, 2, 5)  # regions 2..6 of slide s
+        a, sl = torch.from_numpy(res.assign[s][2:7]), torch.full((5,), s)
+        assert got["target_ok"].all() and (got["target_epoch"] == 5).all()
+        np.testing.assert_array_equal(got["intra"], prototype_targets(a, sl, protos).numpy())
+        np.testing.assert_array_equal(got["inter"][:, 0], prototype_targets(a, sl, protos, nbs, nbp).numpy())
     none = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=100, neighbours=1, **kw)
     assert not none.valid.any() and (none.neighbour_slides == -1).all() and all(len(a) == 0 for a in none.assign)
+    write_targets(none, uri, epoch=6)  # no slide clustered: regions get no target
+    got = read_region_targets(uri, 3, 0, 4)
+    assert not got["target_ok"].any() and (got["target_epoch"] == 6).all()
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -85,18 +85,28 @@ def read_region_grids(uri: str, storage: Any, shape: list[int]) -> np.ndarray:
     return x.astype(np.float32).reshape(-1, *shape)
 
 
-def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int]) -> dict[str, np.ndarray]:
-    grids, slides, regions = [], [], []
+def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int],
+                       targets: str | None = None) -> dict[str, np.ndarray]:
+    parts: list[dict[str, np.ndarray]] = []
     for uri, slide, first in zip(batch["uri"], batch["slide"], batch["first_region"]):
         g = read_region_grids(uri, storage, shape)
-        grids.append(g)
-        slides.append(np.full(len(g), int(slide), np.int64))
-        regions.append(np.arange(int(first), int(first) + len(g), dtype=np.int64))
-    return {"grid": np.concatenate(grids), "slide": np.concatenate(slides), "region": np.concatenate(regions)}
+        part = {"grid": g, "slide": np.full(len(g), int(slide), np.int64),
+                "region": np.arange(int(first), int(first) + len(g), dtype=np.int64)}
+        if targets is not None:  # SLPD: this epoch's targets of these regions (wsiscale.pretrain.slpd)
+            from wsiscale.pretrain.slpd import read_region_targets
+
+            part |= read_region_targets(targets, int(slide), int(first), len(g), storage)
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = None):
-    """A Ray Dataset of ``grid [D, g, g] float32, slide int64, region int64`` rows (one read task per file)."""
+def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = None, targets: str | None = None):
+    """A Ray Dataset of ``grid [D, g, g] float32, slide int64, region int64`` rows (one read task per file).
+
+    With ``targets`` (SLPD), each read task also attaches the targets the latest clustering step
+    wrote there for its regions (:func:`wsiscale.pretrain.slpd.read_region_targets`). The dataset is
+    re-executed every epoch, so every epoch reads that epoch's targets.
+    """
     import ray
 
     items = [{"uri": f.uri, "slide": f.slide, "first_region": f.first_region} for f in files]
@@ -104,4 +114,4 @@ def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = Non
     from wsiscale.pretrain.run import READ_TASK_CPUS
 
     return ds.map_batches(_read_region_files, batch_size=1, num_cpus=READ_TASK_CPUS,
-                          fn_kwargs={"storage": storage, "shape": shape})
+                          fn_kwargs={"storage": storage, "shape": shape, "targets": targets})

@@ -154,25 +154,17 @@ def _autocast(device: torch.device, precision: str):
 
 
 class SlpdTargets:
-    """SLPD's per-epoch cluster result on every worker, and its intra-/inter-slide losses for a batch.
+    """SLPD's per-epoch clustering step, and its intra-/inter-slide losses for a batch.
 
-    Rank 0 runs :func:`wsiscale.pretrain.slpd.cluster_step` with the current teacher and
-    broadcasts the result (``torch.distributed.broadcast_object_list``); every rank keeps it
-    as tensors: prototypes ``[S, M, d]``, assignment table ``[S, max regions]`` (-1 = none),
-    neighbour slides ``[S, r]`` and prototypes ``[S, M, r]``.
+    Rank 0 runs :func:`wsiscale.pretrain.slpd.cluster_step` with the current teacher and writes
+    the per-slide targets (:func:`~wsiscale.pretrain.slpd.write_targets`) where the region
+    dataset's read tasks look them up, so every batch arrives with its regions' targets
+    (``intra [B, d]``, ``inter [B, r, d]``, ``target_ok [B]``, ``target_epoch [B]``). Only the
+    epoch and the number of clustered slides are broadcast: no rank holds every slide's targets.
     """
 
-    def __init__(self, result: Any, device: torch.device) -> None:
-        n = len(result.assign)
-        width = max([len(a) for a in result.assign] + [1])
-        table = np.full((n, width), -1, np.int64)
-        for s, a in enumerate(result.assign):
-            table[s, : len(a)] = a
-        self.prototypes = torch.from_numpy(result.prototypes).to(device)
-        self.assign = torch.from_numpy(table).to(device)
-        self.nb_slides = torch.from_numpy(result.neighbour_slides).to(device)
-        self.nb_protos = torch.from_numpy(result.neighbour_protos).to(device)
-        self.clustered = int(result.valid.sum())
+    def __init__(self, epoch: int, clustered: int) -> None:
+        self.epoch, self.clustered = epoch, clustered
 
     @classmethod
     def compute(cls, config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int, epoch: int,
@@ -180,37 +172,43 @@ class SlpdTargets:
         import torch.distributed as dist
 
         from wsiscale.pretrain.data import RegionFile
-        from wsiscale.pretrain.slpd import cluster_step
+        from wsiscale.pretrain.slpd import cluster_step, write_targets
 
         holder: list[Any] = [None]
         if rank == 0:
-            state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
-            holder[0] = cluster_step([RegionFile(**f) for f in config["files"]], int(config["n_slides"]),
-                                     config["shape"], state, p.model_dump(mode="json"), m=p.prototypes,
-                                     min_regions=p.min_regions, neighbours=p.nearest_slides, iters=p.cluster_iters,
-                                     restarts=p.cluster_restarts, seed=p.seed + epoch, storage=config.get("storage"),
-                                     actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus)
+            result = cluster_step([RegionFile(**f) for f in config["files"]], int(config["n_slides"]),
+                                  config["shape"], _cpu_state(teacher), p.model_dump(mode="json"), m=p.prototypes,
+                                  min_regions=p.min_regions, neighbours=p.nearest_slides, iters=p.cluster_iters,
+                                  restarts=p.cluster_restarts, seed=p.seed + epoch, storage=config.get("storage"),
+                                  actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus)
+            write_targets(result, config["targets_uri"], epoch, config.get("storage"))
+            holder[0] = (epoch, int(result.valid.sum()))
         if world > 1 and dist.is_initialized():
             dist.broadcast_object_list(holder, src=0)
-        return cls(holder[0], device)
+        return cls(*holder[0])
 
-    def losses(self, slide: torch.Tensor, region: torch.Tensor, s_logits: torch.Tensor, views: int,
-               teacher: nn.Module, proto_loss: DINOLoss, teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(intra, inter)`` for a batch: student logits ``[V * B, K]`` against prototype targets."""
-        from wsiscale.pretrain.losses import prototype_targets
-
-        a = self.assign[slide, region.clamp(max=self.assign.shape[1] - 1)]
-        ok = (a >= 0) & (region < self.assign.shape[1]) & (self.nb_slides[slide, 0] >= 0)
+    def losses(self, b: dict[str, torch.Tensor], s_logits: torch.Tensor, views: int, teacher: nn.Module,
+               proto_loss: DINOLoss, teacher_temp: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(intra, inter)`` for a batch: student logits ``[V * B, K]`` against its regions' prototype targets."""
+        got = b["target_epoch"]
+        if "intra" not in b or bool((got != self.epoch).any()):
+            raise RuntimeError(f"SLPD epoch {self.epoch}: a batch carries targets of epoch(s) "
+                               f"{sorted(set(got.tolist()))}; the region dataset must be read after the clustering step")
+        ok = b["target_ok"].to(device)
         k = s_logits.shape[-1]
         student = s_logits.reshape(views, -1, k)[:, ok].reshape(-1, k)
-        r = self.nb_slides.shape[1]
+        inter = b["inter"].to(device)[ok]  # [B', r, d]
+        r = inter.shape[1]
         with torch.no_grad():
-            intra_t = teacher.head.last(prototype_targets(a[ok], slide[ok], self.prototypes))
-            inter_t = teacher.head.last(prototype_targets(a[ok], slide[ok], self.prototypes, self.nb_slides,
-                                                          self.nb_protos))
-        intra = proto_loss(student, intra_t, teacher_temp, teacher_views=1)
-        inter = proto_loss(student, inter_t, teacher_temp, teacher_views=r)
-        return intra, inter
+            intra_t = teacher.head.last(b["intra"].to(device)[ok])
+            inter_t = teacher.head.last(inter.transpose(0, 1).reshape(-1, inter.shape[-1]))  # target-major
+        return (proto_loss(student, intra_t, teacher_temp, teacher_views=1),
+                proto_loss(student, inter_t, teacher_temp, teacher_views=r))
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's float32 CPU state dict (what Ray Data actors rebuild the teacher from)."""
+    return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
 
 
 def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int) -> dict[str, float]:
@@ -222,9 +220,8 @@ def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, wor
 
     holder: list[Any] = [{}]
     if rank == 0:
-        state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
         ev = config["eval"]
-        holder[0] = evaluate([RegionFile(**f) for f in config["files"]], config["shape"], state, p,
+        holder[0] = evaluate([RegionFile(**f) for f in config["files"]], config["shape"], _cpu_state(teacher), p,
                              np.asarray(ev["slides"]), np.asarray(ev["labels"]), config.get("storage"))
     if world > 1 and dist.is_initialized():
         dist.broadcast_object_list(holder, src=0)
@@ -340,8 +337,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 dino_loss = dino(s_logits, t_logits, float(ttemp[epoch]))
                 intra = inter = torch.zeros((), device=device)
                 if targets is not None:
-                    intra, inter = targets.losses(b["slide"].to(device), b["region"].to(device), s_logits, views,
-                                                  teacher, proto_loss, float(ttemp[epoch]))
+                    intra, inter = targets.losses(b, s_logits, views, teacher, proto_loss, float(ttemp[epoch]),
+                                                  device)
                 loss = dino_loss + p.intra_weight * intra + p.inter_weight * inter
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower pretrain.lr or use fp32")

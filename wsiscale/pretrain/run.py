@@ -39,8 +39,9 @@ def _storage_path(out: str) -> str:
     return str(local_path(uri)) if is_local(uri) else uri
 
 
-def _inputs(cfg: WsiscaleConfig, source: str) -> tuple[list, list[str], list[int], Any]:
-    """``(files, slide_ids, shape, dataset)`` of the pretraining input for ``pretrain.level``."""
+def _inputs(cfg: WsiscaleConfig, source: str, targets: str) -> tuple[list, list[str], list[int], Any]:
+    """``(files, slide_ids, shape, dataset)`` of the pretraining input for ``pretrain.level`` (SLPD's
+    clustering step writes its per-slide targets to ``targets``, where the region read tasks find them)."""
     p = cfg.pretrain
     if p.level == "patch":
         from wsiscale.pretrain.tile_data import tile_dataset, tile_files
@@ -54,10 +55,11 @@ def _inputs(cfg: WsiscaleConfig, source: str) -> tuple[list, list[str], list[int
     from wsiscale.pretrain.data import region_dataset, region_files
 
     files, slide_ids, shape = region_files(source, cfg.storage)
+    targets = targets if p.method == "slpd" else None
     if shape[1] < p.global_crop_tokens or shape[2] < p.global_crop_tokens:
         raise ConfigError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
                           f"{p.global_crop_tokens}-token global crops: lower pretrain.global_crop_tokens")
-    return files, slide_ids, shape, region_dataset(files, shape, cfg.storage)
+    return files, slide_ids, shape, region_dataset(files, shape, cfg.storage, targets)
 
 
 def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any]:
@@ -68,7 +70,8 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
     from wsiscale.pretrain.loop import train_loop_per_worker
 
     p = cfg.pretrain
-    files, slide_ids, shape, ds = _inputs(cfg, source)
+    targets_uri = join_uri(normalize_uri(out), "pretrain", "slpd-targets")
+    files, slide_ids, shape, ds = _inputs(cfg, source, targets_uri)
     n_items = sum(f.rows for f in files)
     unit = "tiles" if p.level == "patch" else "regions"
     evaluation = None
@@ -90,7 +93,8 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
         train_loop_per_worker,
         train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_items": n_items,
                            "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids),
-                           "storage": cfg.storage, "eval": evaluation, "progress_uri": progress_uri},
+                           "storage": cfg.storage, "eval": evaluation, "progress_uri": progress_uri,
+                           "targets_uri": targets_uri},
         scaling_config=scaling, run_config=run_config, datasets={"train": ds})
     log.info("pretraining %s (%s level) on %d %s of %d slides (%s), %s workers", p.method.upper(), p.level, n_items,
              unit, len(slide_ids), "x".join(map(str, shape)), p.num_workers)

@@ -20,10 +20,20 @@ away, so no process ever holds the features of all regions (only ``M``
 prototypes and one small assignment vector per slide come back). Step 3 is
 :func:`wsiscale.index.prototypes.all_neighbours` (summary-vector candidates,
 exact matching re-ranking, on Ray actors).
+
+The targets reach the training workers with the data: :func:`write_targets`
+stores each slide's assignments, prototypes and matched neighbour prototypes
+in Parquet groups of slides, and the region dataset's read tasks
+(:func:`read_region_targets`) attach each region's target vectors to its row.
+Memory: the driver-side step (rank 0) holds the ``[S, M, d]`` prototypes and
+one small assignment vector per slide (10^6 slides x 4 x 256 float32 = 4 GB,
+also what the neighbour actors share through the object store); training
+workers hold only their batches.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,3 +136,85 @@ def cluster_step(files: list[RegionFile], n_slides: int, shape: list[int], teach
             sim = np.einsum("vmd,vnd->vmn", prototypes[idx], other)
             nb_protos[idx, :, j] = sim.argmax(-1)
     return ClusterResult(prototypes, valid, assign, nb_slides, nb_protos)
+
+
+#: Slides per targets file and per Parquet row group (a region file's read task reads one row group).
+TARGET_GROUP, TARGET_ROW_GROUP = 1024, 16
+
+
+def slide_targets(result: ClusterResult, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(intra [M, d], inter [M, r, d])``: slide ``s``'s prototypes, and for each of them the matched
+    prototype of each neighbour slide (:func:`wsiscale.pretrain.losses.prototype_targets`, per slide)."""
+    intra = result.prototypes[s]
+    nb, nbp = result.neighbour_slides[s], result.neighbour_protos[s]  # [r], [M, r]
+    inter = np.stack([result.prototypes[nb[j], nbp[:, j]] for j in range(len(nb))], axis=1)
+    return intra, inter
+
+
+def write_targets(result: ClusterResult, uri: str, epoch: int, storage: Any = None) -> int:
+    """Write SLPD's per-slide targets of ``epoch`` under ``uri``; returns the number of files.
+
+    ``part-<k>.parquet`` holds slides ``[k * TARGET_GROUP, (k + 1) * TARGET_GROUP)`` that were
+    clustered and have a neighbour: ``slide``, ``epoch``, ``assign`` (each region's prototype),
+    ``intra`` (``M * d``) and ``inter`` (``M * r * d``) float32. ``targets.json`` (epoch, M, d, r)
+    is written last. Each region's read task then looks up its slide's row only, so no process
+    needs the targets of every slide, and workers get their regions' target vectors in the batch.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wsiscale.io.uri import join_uri, write_bytes_atomic
+
+    n = len(result.assign)
+    ok = result.valid & (result.neighbour_slides[:, 0] >= 0)
+    m, d = result.prototypes.shape[1:]
+    r = result.neighbour_slides.shape[1]
+    files = 0
+    for k in range(0, max(n, 1), TARGET_GROUP):
+        slides = [s for s in range(k, min(k + TARGET_GROUP, n)) if ok[s]]
+        rows = [slide_targets(result, s) for s in slides]
+        table = pa.table({
+            "slide": pa.array(slides, pa.int64()),
+            "epoch": pa.array([epoch] * len(slides), pa.int32()),
+            "assign": pa.array([result.assign[s].astype(np.int16) for s in slides], pa.list_(pa.int16())),
+            "intra": pa.array([t[0].ravel() for t in rows], pa.list_(pa.float32())),
+            "inter": pa.array([t[1].ravel() for t in rows], pa.list_(pa.float32())),
+        })
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=TARGET_ROW_GROUP)
+        write_bytes_atomic(join_uri(uri, f"part-{k // TARGET_GROUP:05d}.parquet"), sink.getvalue().to_pybytes(),
+                           storage)
+        files += 1
+    meta = {"epoch": epoch, "m": int(m), "d": int(d), "r": int(r), "group": TARGET_GROUP, "files": files}
+    write_bytes_atomic(join_uri(uri, "targets.json"), json.dumps(meta).encode(), storage)
+    return files
+
+
+def read_region_targets(uri: str, slide: int, first: int, n: int, storage: Any = None) -> dict[str, np.ndarray]:
+    """Targets of regions ``first .. first + n - 1`` of ``slide``: ``target_ok [n]``, ``intra [n, d]``,
+    ``inter [n, r, d]``, ``target_epoch [n]`` (-1 when no clustering step has written targets yet)."""
+    import pyarrow.dataset as pads
+
+    from wsiscale.io.uri import filesystem, join_uri
+
+    fs, path = filesystem(join_uri(uri, "targets.json"), storage)
+    try:
+        with fs.open(path, "rb") as fh:
+            meta = json.loads(fh.read())
+    except FileNotFoundError:
+        return {"target_epoch": np.full(n, -1, np.int32)}
+    m, d, r = meta["m"], meta["d"], meta["r"]
+    out = {"target_ok": np.zeros(n, bool), "intra": np.zeros((n, d), np.float32),
+           "inter": np.zeros((n, r, d), np.float32), "target_epoch": np.full(n, meta["epoch"], np.int32)}
+    fs, part = filesystem(join_uri(uri, f"part-{slide // meta['group']:05d}.parquet"), storage)
+    t = pads.dataset(part, filesystem=fs, format="parquet").to_table(filter=pads.field("slide") == slide)
+    if t.num_rows == 0:  # not clustered (too few regions) or no neighbour: no SLPD loss for its regions
+        return out
+    assign = np.asarray(t.column("assign")[0].as_py(), np.int64)[first : first + n]
+    intra = np.asarray(t.column("intra")[0].as_py(), np.float32).reshape(m, d)
+    inter = np.asarray(t.column("inter")[0].as_py(), np.float32).reshape(m, r, d)
+    k = len(assign)
+    out["target_ok"][:k] = True
+    out["intra"][:k], out["inter"][:k] = intra[assign], inter[assign]
+    out["target_epoch"][:] = int(t.column("epoch")[0].as_py())
+    return out
