@@ -1,4 +1,6 @@
-"""Region-level DINO pretraining throughput: 1 vs 2 Ray Train CPU workers on the same data (scaling ratio).
+"""Pretraining benchmarks: worker scaling of region DINO, and SLPD's clustering step as slides grow.
+
+``workers`` (default): region-level DINO throughput, 1 vs 2 Ray Train CPU workers on the same data.
 
 Synthetic regions-mode embedding run (``--slides`` x ``--regions`` grids of
 ``--dim`` x 16 x 16 patch embeddings, written by the real writers), SLPD's
@@ -9,7 +11,17 @@ last reporting interval (steady state, after start-up), one worker vs two
 workers (0.75 CPU reserved each, one torch thread each, leaving Ray Data's
 read tasks room on 2 cores), in the same process.
 
-    python benchmarks/pretrain.py [--dim 384] [--batch 16] [--epochs 2]
+    python benchmarks/pretrain.py [workers] [--dim 384] [--batch 16] [--epochs 2]
+
+``cluster``: SLPD's clustering step (teacher features of every region on Ray Data
+actors, per-slide cosine k-means into M prototypes, slide neighbours by
+prototype matching, targets written) on 500 .. 4000 slides of one synthetic
+regions-mode run; prints the time per step, per 10k slides, and the growth
+exponent between sizes (1.0 = linear). The teacher is a small region ViT so the
+step's own machinery dominates; the default region ViT-XS's feature throughput
+is measured separately (regions/s) to extrapolate its share.
+
+    python benchmarks/pretrain.py cluster [--slides 500 1000 2000 4000] [--regions 16]
 """
 
 from __future__ import annotations
@@ -24,7 +36,82 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
+def cluster(argv: list[str]) -> None:
+    import numpy as np
+    import ray
+    import torch
+
+    from test_pretrain import _region_run
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.data import region_files
+    from wsiscale.pretrain.loop import build_model
+    from wsiscale.pretrain.slpd import cluster_step, write_targets
+
+    ap = argparse.ArgumentParser(description="SLPD clustering step vs number of slides")
+    ap.add_argument("--slides", type=int, nargs="+", default=[500, 1000, 2000, 4000])
+    ap.add_argument("--regions", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="wsiscale-bench-cluster-"))
+    t0 = time.perf_counter()
+    _region_run(str(tmp / "emb"), slides=max(args.slides), regions=args.regions, dim=args.dim)
+    print(f"wrote {max(args.slides)} slides x {args.regions} regions ({args.dim} x 16 x 16) in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    files, ids, shape = region_files(str(tmp / "emb"))
+    p = WsiscaleConfig().pretrain
+    p.embed_dim, p.depth, p.heads, p.out_dim, p.head_hidden_dim = 64, 2, 4, 4096, 512  # bottleneck stays 256
+    torch.manual_seed(0)
+    state = build_model(p, shape, drop_path=0.0).state_dict()
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for n in sorted(args.slides):
+            sub = [f for f in files if f.slide < n]
+            t = time.perf_counter()
+            res = cluster_step(sub, n, shape, state, p.model_dump(mode="json"), m=4, min_regions=8, neighbours=1,
+                               iters=10, restarts=3, actors=args.actors, cpus_per_actor=2 / args.actors)
+            t_step = time.perf_counter() - t
+            t = time.perf_counter()
+            write_targets(res, str(tmp / f"targets-{n}"), epoch=0)
+            t_write = time.perf_counter() - t
+            rows.append({"slides": n, "regions": n * args.regions, "step_s": t_step, "write_s": t_write,
+                         "clustered": int(res.valid.sum())})
+            print(f"{n:6d} slides: clustering step {t_step:7.1f} s, targets written in {t_write:5.1f} s "
+                  f"({(t_step + t_write) / n * 1e4:7.0f} s per 10k slides)", flush=True)
+    finally:
+        ray.shutdown()
+    for a, b in zip(rows, rows[1:]):
+        ta, tb = a["step_s"] + a["write_s"], b["step_s"] + b["write_s"]
+        print(f"{a['slides']} -> {b['slides']} slides: x{tb / ta:.2f} time, growth exponent "
+              f"{np.log(tb / ta) / np.log(b['slides'] / a['slides']):.2f}", flush=True)
+    full = WsiscaleConfig().pretrain  # the default region ViT-XS (192-d, 6 blocks) on 384 x 16 x 16 grids
+    torch.manual_seed(0)
+    model = build_model(full, [384, 16, 16], drop_path=0.0).eval()
+    x = torch.randn(64, 384, 14, 14)
+    with torch.no_grad():
+        model([x])
+        t = time.perf_counter()
+        for _ in range(3):
+            model([x])
+    rps = 3 * 64 / (time.perf_counter() - t)
+    print(f"default region ViT-XS teacher features on this CPU: {rps:.0f} regions/s "
+          f"(10k slides x 32 regions: {10_000 * 32 / rps:.0f} s of features per step)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "vit_xs_regions_per_s": rps}, indent=1))
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "cluster":
+        return cluster(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "workers":
+        sys.argv.pop(1)
+    workers()
+
+
+def workers() -> None:
     import ray
 
     from test_pretrain import _region_run  # the same writer the tests use

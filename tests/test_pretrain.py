@@ -165,30 +165,15 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     assert job.main(["--embeddings", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_local")
-def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
-    """SIGKILL one of the 2 training workers after the first checkpoint: the worker group restarts from it
-    (FailureConfig) and the run ends at the same total step count."""
-    import json
+def _kill_a_worker_after_the_first_checkpoint(out, killed: list[int]):
+    """A thread that SIGKILLs the newest Ray Train worker once the run has registered a checkpoint."""
     import os
     import signal
     import threading
     import time
-
     from pathlib import Path
 
-    from wsiscale.config import WsiscaleConfig
-    from wsiscale.pretrain.run import run_pretraining
-
-    run = str(tmp_path / "emb")
-    _region_run(run)
-    cfg = _tiny(WsiscaleConfig(), epochs=8)
-    cfg.pretrain.checkpoint_every = 8
-    out = tmp_path / "pre"
-    killed: list[int] = []
-
-    def kill_after_first_checkpoint():
+    def run():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             # the controller has registered a checkpoint once its snapshot file lists one
@@ -207,8 +192,28 @@ def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
                     return
             time.sleep(0.2)
 
-    thread = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
+    """SIGKILL one of the 2 training workers after the first checkpoint: the worker group restarts from it
+    (FailureConfig) and the run ends at the same total step count."""
+    import json
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.run import run_pretraining
+
+    run = str(tmp_path / "emb")
+    _region_run(run)
+    cfg = _tiny(WsiscaleConfig(), epochs=8)
+    cfg.pretrain.checkpoint_every = 8
+    out = tmp_path / "pre"
+    killed: list[int] = []
+    thread = _kill_a_worker_after_the_first_checkpoint(out, killed)
     summary = run_pretraining(cfg, run, str(out))
     thread.join(5)
     assert killed, "no training worker was killed"
@@ -217,6 +222,41 @@ def test_killed_training_worker_resumes_from_the_last_checkpoint(tmp_path):
     steps = [h["step"] for h in history["history"]]
     assert steps == list(range(1, 33))  # the history of the attempts joins up: no step lost or repeated
     assert summary["metrics"]["resumed_from"] in (8, 16, 24)  # the restarted attempt began at a checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_resumed_run_matches_the_uninterrupted_run(tmp_path):
+    """One worker, same seed: a run whose worker is SIGKILLed after its first checkpoint and that resumes from it
+    ends with the teacher, student and loss history of the uninterrupted run (fixed data order, views and
+    drop-path draws seeded by step)."""
+    import json
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.run import run_pretraining
+
+    run = str(tmp_path / "emb")
+    _region_run(run)
+    results = {}
+    for name in ("straight", "killed"):
+        cfg = _tiny(WsiscaleConfig(), epochs=3)
+        cfg.pretrain.num_workers, cfg.pretrain.checkpoint_every, cfg.pretrain.drop_path = (1, 1), 8, 0.1
+        out = tmp_path / name
+        killed: list[int] = []
+        thread = _kill_a_worker_after_the_first_checkpoint(out, killed) if name == "killed" else None
+        summary = run_pretraining(cfg, run, str(out))
+        if thread is not None:
+            thread.join(5)
+            assert killed and summary["metrics"]["resumed_from"] in (8, 16)
+        final = out / "pretrain" / summary["checkpoint"].rsplit("/", 1)[-1]
+        results[name] = (torch.load(final / "state.pt", weights_only=True),
+                         json.loads((final / "meta.json").read_text())["history"])
+    (a, ha), (b, hb) = results["straight"], results["killed"]
+    assert a["step"] == b["step"] == 24
+    for part in ("teacher", "student"):
+        for k, v in a[part].items():
+            np.testing.assert_allclose(b[part][k].numpy(), v.numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose([h["loss"] for h in hb], [h["loss"] for h in ha], rtol=1e-4)
 
 
 @pytest.mark.usefixtures("ray_local")

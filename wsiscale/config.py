@@ -263,6 +263,8 @@ class DinoConfig(_Section):
     cluster_cpus: float = Field(1.0, gt=0, description="CPUs per clustering actor")
     num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
     use_gpu: bool = False
+    preserve_order: bool = Field(True, description="read regions/tiles in a fixed order (Ray Data preserve_order): "
+                                 "with one worker a resumed run repeats the uninterrupted one")
     eval_labels: str | None = Field(None, description="CSV/Parquet with slide_id, label: enables the periodic "
                                     "linear-probe and kNN evaluation on held-out slides")
     eval_every: int = Field(10, ge=0, description="epochs between evaluations (and after the last); 0: never")

@@ -303,6 +303,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         proto_loss.load_state_dict(state["proto_loss"])
         if state["world"] == world:
             opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = min(total, int(state["items"]) // (batch * world))  # the position is kept in items
         history = [h for h in meta.get("history", []) if h["step"] <= step]
         evaluations = [e for e in meta.get("evaluations", []) if e["step"] <= step]
@@ -325,6 +327,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i >= spe or step >= total:
                 break
             rng = np.random.default_rng((p.seed, step, rank))
+            torch.manual_seed(int(rng.integers(2**62)))  # drop-path draws depend on (seed, step, rank) only
             crops = batch_views(b, p, rng, device, normalise)
             for j, group in enumerate(opt.param_groups):
                 group["lr"] = float(lr[step])
@@ -385,8 +388,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     _write_progress(config, metrics)
                 if step % p.checkpoint_every == 0 or last:
                     _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher,
-                                            {"dino_loss": dino, "proto_loss": proto_loss}, opt, p, config, history,
-                                            evaluations)
+                                            {"dino_loss": dino, "proto_loss": proto_loss}, opt, scaler, p, config,
+                                            history, evaluations)
                 else:
                     ray.train.report(metrics)
         if not progressed:  # the shard ended before the epoch's steps: avoid spinning
@@ -394,7 +397,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, items: int, module: nn.Module,
-                            teacher: nn.Module, losses: dict[str, DINOLoss], opt: torch.optim.Optimizer, p: Any,
+                            teacher: nn.Module, losses: dict[str, DINOLoss], opt: torch.optim.Optimizer,
+                            scaler: Any, p: Any,
                             config: dict[str, Any], history: list[dict[str, float]],
                             evaluations: list[dict[str, float]]) -> None:
     import ray.train
@@ -404,6 +408,7 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, item
         if rank == 0:
             torch.save({"student": module.state_dict(), "teacher": teacher.state_dict(),
                         **{k: v.state_dict() for k, v in losses.items()}, "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else {},
                         "step": metrics["step"],
                         "items": items, "world": world}, os.path.join(d, "state.pt"))
             with open(os.path.join(d, "meta.json"), "w") as fh:

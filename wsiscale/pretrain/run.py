@@ -95,7 +95,8 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
                            "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids),
                            "storage": cfg.storage, "eval": evaluation, "progress_uri": progress_uri,
                            "targets_uri": targets_uri},
-        scaling_config=scaling, run_config=run_config, datasets={"train": ds})
+        scaling_config=scaling, run_config=run_config, datasets={"train": ds},
+        dataset_config=_data_config(p.preserve_order))
     log.info("pretraining %s (%s level) on %d %s of %d slides (%s), %s workers", p.method.upper(), p.level, n_items,
              unit, len(slide_ids), "x".join(map(str, shape)), p.num_workers)
     with watch_progress(progress_uri, cfg.storage, f"pretrain {p.method}"):
@@ -109,6 +110,15 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
         summary["encoder"] = export_encoder(result.checkpoint, join_uri(normalize_uri(out), "encoder"), cfg)
     save_config(cfg, normalize_uri(out), cfg.storage)
     return summary
+
+
+def _data_config(preserve_order: bool) -> Any:
+    """Ray Train's ingest options with Ray Data's ``preserve_order`` (a fixed order of regions/tiles)."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
+    return ray.train.DataConfig(execution_options=options)
 
 
 def _check_data_cpus(cfg: WsiscaleConfig, workers: int) -> None:
