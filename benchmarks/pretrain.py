@@ -22,6 +22,11 @@ step's own machinery dominates; the default region ViT-XS's feature throughput
 is measured separately (regions/s) to extrapolate its share.
 
     python benchmarks/pretrain.py cluster [--slides 500 1000 2000 4000] [--regions 16]
+
+``tiles``: one process's DINO step on tiles (ViT-S/16, 2 x 224 + 8 x 96 px views,
+65,536 outputs): images/s on the GPU when there is one (bf16 autocast), else the CPU.
+
+    python benchmarks/pretrain.py tiles [--batch 16] [--device cuda]
 """
 
 from __future__ import annotations
@@ -103,9 +108,59 @@ def cluster(argv: list[str]) -> None:
         Path(args.json).write_text(json.dumps({"rows": rows, "vit_xs_regions_per_s": rps}, indent=1))
 
 
+def tiles(argv: list[str]) -> None:
+    """DINO step on tiles (ViT-S/16 by default, 2 x 224 px + 8 x 96 px views, 65,536 outputs): images/s."""
+    import torch
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.pretrain.loop import _autocast, build_model, param_groups
+    from wsiscale.pretrain.losses import DINOLoss
+
+    ap = argparse.ArgumentParser(description="DINO on tiles: images/s of one training process")
+    ap.add_argument("--encoder", default="vit_s16")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="bf16")
+    args = ap.parse_args(argv)
+    p = WsiscaleConfig().pretrain
+    p.level, p.patch_encoder = "patch", args.encoder
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    student = build_model(p, [3, 224, 224]).to(dev)
+    teacher = build_model(p, [3, 224, 224], drop_path=0.0).to(dev).requires_grad_(False)
+    loss_fn = DINOLoss(p.out_dim, 10, 2).to(dev)
+    opt = torch.optim.AdamW(param_groups(student))
+    views = [torch.randn(args.batch, 3, 224, 224, device=dev)] * 2 + [torch.randn(args.batch, 3, 96, 96, device=dev)] * 8
+
+    def step() -> None:
+        with _autocast(dev, args.precision):
+            with torch.no_grad():
+                t = teacher(views[:2])[0]
+            loss = loss_fn(student(views)[0], t, 0.04)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    ips = args.steps * args.batch / (time.perf_counter() - t0)
+    print(f"DINO on tiles, {args.encoder}, batch {args.batch} x (2 x 224 + 8 x 96 px views), {dev.type} "
+          f"({torch.get_num_threads()} threads, {args.precision if dev.type == 'cuda' else 'fp32'}): "
+          f"{ips:.1f} images/s", flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "cluster":
         return cluster(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "tiles":
+        return tiles(sys.argv[2:])
     if len(sys.argv) > 1 and sys.argv[1] == "workers":
         sys.argv.pop(1)
     workers()

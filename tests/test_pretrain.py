@@ -121,6 +121,7 @@ def _tiny(cfg, epochs: int = 6):
 def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     """2-worker CPU DDP (gloo) DINO on region grids: loss falls, checkpoints, a rerun resumes and exports the encoder."""
     import json
+    from pathlib import Path
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.pretrain.data import region_files
@@ -148,10 +149,21 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
     spec = json.loads((out / "encoder" / "encoder.json").read_text())
     assert spec["step"] == 24 and (out / "encoder" / "region_vit.safetensors").exists()
+    # the exported region ViT is the final teacher's backbone; the tile-encoder registry refuses it by name
+    from wsiscale.models.errors import EncoderError
+    from wsiscale.pretrain.region_vit import load_region_encoder
+
+    teacher = torch.load(Path(summary["checkpoint"]) / "state.pt", weights_only=True)["teacher"]
+    vit = load_region_encoder(str(out / "encoder"))
+    for k, v in vit.state_dict().items():
+        assert torch.equal(v, teacher[f"backbone.{k}"]), k
+    from wsiscale.models.encoders import load_encoder
+
+    with pytest.raises(EncoderError, match="region_vit"):
+        load_encoder(str(out / "encoder"))
     # the same job again through jobs/pretrain.py (same storage path and name): it resumes from the last
     # checkpoint and finds nothing left to do
     import importlib.util
-    from pathlib import Path
 
     from wsiscale.config import save_config
 
