@@ -254,8 +254,8 @@ def print_pretrain_result(summary: dict) -> None:
     """One line for a finished pretraining run (``wsiscale pretrain``, ``jobs/pretrain.py``)."""
     m = summary["metrics"] or {}
     loss = f", last loss {m['loss']:.4f}" if "loss" in m else ""
-    probe = (f"; held-out probe AUC {m['probe_auc']:.3f}, kNN accuracy {m['knn_accuracy']:.3f}"
-             if "probe_auc" in m else "")
+    probe = (f"; probe on {m.get('eval_slides', '?')} held-out slides: AUC {m['probe_auc']:.3f}, "
+             f"kNN accuracy {m['knn_accuracy']:.3f}" if "probe_auc" in m else "")
     console.print(f"pretrained on {summary['items']:,} {summary['unit']} of {summary['slides']} slides: step "
                   f"{m.get('step', '?')} / {m.get('total_steps', '?')} on {m.get('world', '?')} workers{loss}{probe}; "
                   f"encoder -> [bold]{summary.get('encoder')}[/bold]", highlight=False)

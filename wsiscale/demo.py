@@ -8,8 +8,11 @@ encoder actor pool (``<out>/embeddings``; no checkpoints are downloaded, so
 unless ``embed.weights`` points at one the demo uses a seeded random
 initialisation and says so); k-means of every tile embedding on the FAISS
 actor pool (``<out>/clusters``) and per-slide prototypes with every slide's
-nearest slide (``<out>/slide-index``). Later stages (pretraining, the
-methods) extend this same command.
+nearest slide (``<out>/slide-index``); DINO pretraining of a small patch
+ViT on the tiles with Ray Train, a held-out linear probe and kNN on the
+cohort's labels, and the exported encoder (``<out>/pretrain``; demo-sized:
+one epoch of timm's test ViT on 64 px views - ``pretrain.*`` overrides it).
+The slide-level methods will extend this same command.
 """
 
 from __future__ import annotations
@@ -67,12 +70,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/5 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/6 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/5 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/6 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -85,7 +88,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/5 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        console.print(f"3/6 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
         from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
@@ -95,11 +98,13 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             cfg.embed.weights = "random"
             console.print(f"   (no embed.weights given: {cfg.embed.encoder} with a seeded random initialisation; "
                           "point embed.weights at a local checkpoint for real features)")
-        console.print(f"4/5 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
+        console.print(f"4/6 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
         embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
-        console.print(f"5/5 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
+        console.print(f"5/6 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
                       f"{out / 'slide-index'}")
         index = _index_stage(cfg, out)
+        console.print(f"6/6 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
+        pretrain = _pretrain_stage(cfg, out, manifest)
     finally:
         if started:
             ray.shutdown()
@@ -128,8 +133,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
     print_tiling_summary(tiling)
     print_embedding_summary(embedding)
     _print_index_stage(index, labels)
+    from wsiscale.cli import print_pretrain_result
+
+    print_pretrain_result(pretrain)
     summary = out / "summary.json"
     summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
+                                   "pretrain": pretrain,
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
@@ -140,7 +149,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
         f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
         f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
-        f"config in {out / 'wsiscale.config.yaml'}"
+        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1
 
@@ -163,6 +172,27 @@ def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
             "shards": clusters["shards"], "slides_indexed": meta["slides"], "m": meta["m"],
             "skipped": meta["skipped"],
             "nearest": {r["slide_id"]: [r["neighbours"][0], r["scores"][0]] for r in nb if r["neighbours"]}}
+
+
+#: Demo-sized DINO on tiles (CPU minutes): any ``pretrain.*`` the user sets wins over these.
+DEMO_PRETRAIN = {"level": "patch", "method": "dino", "patch_encoder": "timm:test_vit", "global_image_size": 64,
+                 "local_image_size": 32, "local_crops": 4, "out_dim": 4096, "head_hidden_dim": 512,
+                 "batch_size": 64, "epochs": 1, "lr_warmup_epochs": 0, "eval_every": 1, "eval_holdout": 0.5,
+                 "num_workers": (1, 1), "cpus_per_worker": 1.0, "cluster_cpus": 0.5, "log_every": 5}
+
+
+def _pretrain_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict:
+    """DINO on the demo's tiles (1 worker), with the held-out probe on the cohort's labels; exports the encoder."""
+    from wsiscale.pretrain.run import run_pretraining
+
+    user = cfg.pretrain.model_fields_set
+    for key, value in DEMO_PRETRAIN.items():
+        if key not in user:
+            setattr(cfg.pretrain, key, value)
+    if cfg.pretrain.eval_labels is None:
+        cfg.pretrain.eval_labels = str(manifest)
+    summary = run_pretraining(cfg, str(out / "tiles"), str(out / "pretrain"))
+    return {k: summary[k] for k in ("items", "unit", "slides", "level", "metrics", "encoder")}
 
 
 def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
