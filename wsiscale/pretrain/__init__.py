@@ -1,11 +1,15 @@
-"""Self-supervised pretraining: DINO on tiles and on region feature grids, SLPD (issue 7).
+"""Self-supervised pretraining on Ray Train: DINO on tiles and on region feature grids, SLPD.
 
-* :mod:`~wsiscale.pretrain.schedules` - per-step cosine schedules (lr, weight
-  decay, teacher momentum) and the teacher-temperature warm-up; EMA update.
-* :mod:`~wsiscale.pretrain.losses` - the DINO loss with centering and the SLPD
-  prototype distillation losses (intra- and inter-slide).
-* :mod:`~wsiscale.pretrain.heads` - the DINO projection head.
-* :mod:`~wsiscale.pretrain.region_vit` - the region ViT over a grid of patch
-  embeddings (HIPT ViT-4K / SLPD).
-* :mod:`~wsiscale.pretrain.augment` - multi-crop views of token grids.
+* :mod:`~wsiscale.pretrain.run` - the driver: inputs, ``TorchTrainer``, progress, encoder export.
+* :mod:`~wsiscale.pretrain.loop` - ``train_loop_per_worker``: DDP, DINO, SLPD losses, checkpoints.
+* :mod:`~wsiscale.pretrain.data` / :mod:`~wsiscale.pretrain.tile_data` - Ray Datasets of region
+  grids (with SLPD targets) and of DINO views of tiles.
+* :mod:`~wsiscale.pretrain.augment` / :mod:`~wsiscale.pretrain.tile_augment` - multi-crop views
+  of token grids and of RGB tiles (DINO's recipe, numpy/OpenCV).
+* :mod:`~wsiscale.pretrain.slpd` - SLPD's clustering step on Ray Data actors and its targets.
+* :mod:`~wsiscale.pretrain.evaluate` / :mod:`~wsiscale.pretrain.features` - held-out probes of
+  the teacher's slide features.
+* :mod:`~wsiscale.pretrain.schedules`, :mod:`~wsiscale.pretrain.losses`,
+  :mod:`~wsiscale.pretrain.heads`, :mod:`~wsiscale.pretrain.region_vit` - schedules and EMA,
+  the DINO loss with centering and SLPD's prototype targets, the DINO head, the region ViT.
 """
