@@ -179,3 +179,30 @@ def test_tile_pretraining_refuses_coordinate_runs_and_slpd(cohort, tmp_path):
     cfg.pretrain.method = "slpd"
     with pytest.raises(ConfigError, match="level=region"):
         run_pretraining(cfg, str(tmp_path / "coords"), str(tmp_path / "pre"))
+
+
+def test_driver_progress_follows_the_progress_file(tmp_path):
+    """The driver's bar (watch_progress) polls the JSON record rank 0 rewrites, skipping a half-written file."""
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from wsiscale.io.uri import write_bytes_atomic
+    from wsiscale.progress import watch_progress
+
+    uri = str(tmp_path / "progress.json")
+    (tmp_path / "progress.json").write_text('{"step": 3, "tot')  # half-written: ignored
+    bar = Progress(console=Console(file=io.StringIO(), force_terminal=True))
+    with watch_progress(uri, description="pretrain", every_s=0.05, bar=bar) as shown:
+        time.sleep(0.3)
+        assert shown is bar and not bar.tasks
+        write_bytes_atomic(uri, json.dumps({"step": 7, "total_steps": 20, "epoch": 1, "loss": 2.5, "lr": 1e-4,
+                                            "probe_auc": 0.75, "knn_accuracy": 0.5}).encode())
+        deadline = time.time() + 5
+        while time.time() < deadline and not (bar.tasks and bar.tasks[0].completed == 7):
+            time.sleep(0.05)
+    task = bar.tasks[0]
+    assert task.completed == 7 and task.total == 20
+    assert "epoch 2" in task.description and "loss 2.500" in task.description and "probe_auc 0.750" in task.description

@@ -42,21 +42,23 @@ def setup_logging(level: str | int = "INFO") -> None:
 
 
 @contextlib.contextmanager
-def watch_progress(uri: str, storage=None, description: str = "training", every_s: float = 2.0):
+def watch_progress(uri: str, storage=None, description: str = "training", every_s: float = 2.0,
+                   bar: Progress | None = None):
     """Show a JSON progress record (``step``, ``total_steps``, ``loss``...) that another process rewrites at ``uri``.
 
     A thread polls the file while the body runs (a Ray Train fit, whose rank 0 writes it),
     and draws a rich progress bar with the loss, lr and the latest probe metrics. A missing
     or half-written file is skipped; nothing is shown when progress bars are disabled.
+    Yields the ``Progress`` (None when disabled).
     """
     import json
     import threading
 
     from wsiscale.io.uri import filesystem
 
-    bar = progress_bar()
+    bar = bar if bar is not None else progress_bar()
     if bar.disable:
-        yield
+        yield None
         return
     stop = threading.Event()
     fs, path = filesystem(uri, storage)
@@ -82,7 +84,7 @@ def watch_progress(uri: str, storage=None, description: str = "training", every_
     with bar:
         thread.start()
         try:
-            yield
+            yield bar
         finally:
             stop.set()
             thread.join(every_s + 5)
