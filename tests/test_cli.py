@@ -89,3 +89,8 @@ def test_demo_end_to_end(tmp_path):
     assert pq.read_table(out / "clusters" / "assignments").num_rows == tiling["tiles"]["total"]
     assert index["slides_indexed"] == 3 and set(index["nearest"]) == {r["slide_id"] for r in rows}
     assert all(other != sid for sid, (other, _) in index["nearest"].items())
+    # stage 6: DINO on the tiles (one slide per class: too few for the held-out probe, which is skipped)
+    pre = summary["pretrain"]
+    assert pre["items"] == tiling["tiles"]["total"] and pre["metrics"]["step"] == pre["metrics"]["total_steps"] > 0
+    assert "probe_auc" not in pre["metrics"]
+    assert json.loads((out / "pretrain" / "encoder" / "encoder.json").read_text())["encoder"] == "timm:test_vit"

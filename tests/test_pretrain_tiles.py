@@ -77,6 +77,12 @@ def test_probes_by_hand():
     assert lin == {"auc": 1.0, "accuracy": 1.0}
     train, test = holdout_split(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.3, seed=0)
     assert len(test) == 1 + 2 and sorted(np.r_[train, test].tolist()) == list(range(10))  # round(1.2), round(1.8)
+    from wsiscale.config import ConfigError
+    from wsiscale.pretrain.evaluate import check_holdout
+
+    check_holdout(np.array([0, 0, 1, 1]), 0.5, seed=0)
+    with pytest.raises(ConfigError, match="at least 2 slides in each of 2 classes"):
+        check_holdout(np.array([0, 1, 2]), 0.5, seed=0)  # one slide per class: nothing to hold out
 
 
 def _tile_cfg(tmp_path):

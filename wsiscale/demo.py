@@ -189,8 +189,9 @@ def _pretrain_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict:
     for key, value in DEMO_PRETRAIN.items():
         if key not in user:
             setattr(cfg.pretrain, key, value)
-    if cfg.pretrain.eval_labels is None:
-        cfg.pretrain.eval_labels = str(manifest)
+    labels = pq.read_table(manifest, columns=["label"]).column("label").to_pylist()
+    if cfg.pretrain.eval_labels is None and min(labels.count(v) for v in set(labels)) >= 2 and len(set(labels)) >= 2:
+        cfg.pretrain.eval_labels = str(manifest)  # a held-out probe needs 2 slides of every class
     summary = run_pretraining(cfg, str(out / "tiles"), str(out / "pretrain"))
     return {k: summary[k] for k in ("items", "unit", "slides", "level", "metrics", "encoder")}
 

@@ -83,15 +83,27 @@ def load_eval_labels(uri: str, slide_ids: list[str], storage: Any = None) -> tup
     return np.array([i for i, _ in found], np.int64), labels, names
 
 
+def check_holdout(labels: np.ndarray, holdout: float, seed: int, source: str = "pretrain.eval_labels") -> None:
+    """Refuse (before training) labels too few for a held-out split with >= 2 training classes."""
+    from wsiscale.config import ConfigError
+    from wsiscale.eval.probe import holdout_split
+
+    train, test = holdout_split(labels, holdout, seed)
+    if len(test) == 0 or len(np.unique(labels[train])) < 2:
+        counts = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+        raise ConfigError(f"{source}: {len(labels)} labelled slides (per class: {counts}) are too few to hold out "
+                          f"{holdout:g} of each class and train a probe: label at least 2 slides in each of 2 classes, "
+                          "or unset pretrain.eval_labels")
+
+
 def evaluate(files: list[RegionFile], shape: list[int], teacher_state: Any, pretrain: Any, slides: np.ndarray,
              labels: np.ndarray, storage: Any = None) -> dict[str, float]:
     """Linear probe and kNN of the teacher's mean slide features on the held-out labelled slides."""
     from wsiscale.eval.probe import holdout_split, knn_probe, linear_probe
 
     p = pretrain
+    check_holdout(labels, p.eval_holdout, p.seed)
     train, test = holdout_split(labels, p.eval_holdout, p.seed)
-    if len(test) == 0 or len(np.unique(labels[train])) < 2:
-        raise ValueError(f"{len(labels)} labelled slides are too few to hold out {p.eval_holdout:g} of each class")
     x = slide_features(files, slides.tolist(), shape, teacher_state, p.model_dump(mode="json"), storage,
                        actors=p.cluster_actors, cpus=p.cluster_cpus)
     lin = linear_probe(x[train], labels[train], x[test], labels[test])

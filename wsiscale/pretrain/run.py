@@ -76,9 +76,10 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
     unit = "tiles" if p.level == "patch" else "regions"
     evaluation = None
     if p.eval_labels and p.eval_every:
-        from wsiscale.pretrain.evaluate import load_eval_labels
+        from wsiscale.pretrain.evaluate import check_holdout, load_eval_labels
 
         slides, labels, names = load_eval_labels(p.eval_labels, slide_ids, cfg.storage)
+        check_holdout(labels, p.eval_holdout, p.seed, p.eval_labels)
         evaluation = {"slides": slides.tolist(), "labels": labels.tolist(), "classes": names}
     lo, hi = p.num_workers
     _check_data_cpus(cfg, hi)
