@@ -3,14 +3,18 @@
 Both take ``train_x [n, d]``, ``train_y [n]`` (integer classes), ``test_x [m, d]``,
 ``test_y [m]`` and return ``{"auc", "accuracy"}`` on the test set. AUC is the
 binary ROC AUC of the positive class, or the macro one-vs-rest AUC for more
-than two classes (Hand & Till). Features are L2-normalised first (as DINO's
-evaluations do).
+than two classes.
 
-* :func:`linear_probe`: scikit-learn ``LogisticRegression`` (L2, ``C``,
-  balanced class weights, lbfgs), the protocol of HIPT/Giga-SSL slide probes.
-* :func:`knn_probe`: DINO's weighted kNN classifier (Caron et al. 2021, eval_knn):
-  the ``k`` most cosine-similar training vectors vote with weight
-  ``exp(sim / T)``; class scores are the normalised votes.
+* :func:`linear_probe`: features standardised with the training vectors'
+  statistics, then L2-normalised, then scikit-learn ``LogisticRegression``
+  (L2, ``C``, balanced class weights, lbfgs), the protocol of HIPT/Giga-SSL
+  slide probes. Standardising matters for mean-pooled slide vectors: they
+  share a large common component that L2 normalisation alone keeps, and the
+  probe then misses what separates slides (measured on the learning cohort
+  of ``tests/test_pretrain_learning.py``).
+* :func:`knn_probe`: DINO's weighted kNN classifier (Caron et al. 2021, eval_knn)
+  on L2-normalised features: the ``k`` most cosine-similar training vectors
+  vote with weight ``exp(sim / T)``; class scores are the normalised votes.
 """
 
 from __future__ import annotations
@@ -45,16 +49,18 @@ def _classes(train_y: np.ndarray, test_y: np.ndarray) -> int:
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  c: float = 1.0, max_iter: int = 2000) -> dict[str, float]:
-    """Logistic-regression probe (balanced classes) fit on the training vectors, scored on the test vectors."""
+    """Logistic-regression probe (standardised by the training vectors, balanced classes), scored on the test vectors."""
     from sklearn.linear_model import LogisticRegression
 
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     if len(np.unique(train_y)) < 2:
         raise ValueError("the probe's training slides hold a single class: label more slides or hold out fewer")
+    train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=max_iter)
-    clf.fit(l2_normalise(train_x), train_y)
+    clf.fit(l2_normalise((train_x - mean) / std), train_y)
     proba = np.zeros((len(test_y), _classes(train_y, test_y)))
-    proba[:, clf.classes_] = clf.predict_proba(l2_normalise(test_x))
+    proba[:, clf.classes_] = clf.predict_proba(l2_normalise((test_x - mean) / std))
     return {"auc": auc(test_y, proba), "accuracy": float((proba.argmax(1) == test_y).mean())}
 
 
