@@ -212,3 +212,30 @@ def test_driver_progress_follows_the_progress_file(tmp_path):
     task = bar.tasks[0]
     assert task.completed == 7 and task.total == 20
     assert "epoch 2" in task.description and "loss 2.500" in task.description and "probe_auc 0.750" in task.description
+
+
+def test_tile_views_skip_a_corrupt_tile(tmp_path, caplog):
+    """A tile shard with one undecodable JPEG: the read task cuts the other tiles' views and names the shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.data.tiles import encode_jpeg, tile_schema
+    from wsiscale.pretrain.tile_data import _view_batches, view_settings
+
+    rng = np.random.default_rng(0)
+    images = [encode_jpeg((rng.uniform(size=(64, 64, 3)) * 255).astype(np.uint8), 90) for _ in range(3)]
+    images[1] = images[1][:40]  # truncated JPEG
+    schema = tile_schema("jpeg")
+    table = pa.table({"slide_id": ["s"] * 3, "x": [0, 64, 128], "y": [0, 0, 0], "level": pa.array([0] * 3, pa.int16()),
+                      "read_size": pa.array([64] * 3, pa.int32()), "tile_size": pa.array([64] * 3, pa.int32()),
+                      "mpp": pa.array([1.0] * 3, pa.float32()), "tissue": pa.array([1.0] * 3, pa.float32()),
+                      "image": pa.array(images, pa.binary())}, schema=schema)
+    pq.write_table(table, tmp_path / "shard.parquet")
+    p = WsiscaleConfig().pretrain
+    p.global_image_size, p.local_image_size, p.local_crops = 32, 16, 2
+    batch = {"uri": np.array([str(tmp_path / "shard.parquet")]), "slide": np.array([4]), "first_region": np.array([10])}
+    out = list(_view_batches(batch, None, view_settings(p)))
+    assert len(out) == 1 and out[0]["tile"].tolist() == [10, 12] and out[0]["slide"].tolist() == [4, 4]
+    assert out[0]["view_0"].shape == (2, 32, 32, 3) and out[0]["view_3"].shape == (2, 16, 16, 3)
+    assert "shard.parquet: tile 11 cannot be decoded" in caplog.text

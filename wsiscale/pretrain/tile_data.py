@@ -6,19 +6,23 @@ decode the tiles and cut the DINO views on CPU
 (:func:`wsiscale.pretrain.tile_augment.tile_multicrop`), yielding rows
 ``view_0 .. view_{V-1}`` (``[S, S, 3]`` uint8: the global views first),
 ``slide`` and ``tile`` in chunks of :data:`CHUNK` tiles, so no task holds more
-than a chunk of views. The dataset is re-executed every epoch, so every epoch
-sees fresh views. Training workers get their share through
+than a chunk of views; a tile that cannot be decoded is skipped with a
+warning naming the shard. The dataset is re-executed every epoch, so every
+epoch sees fresh views. Training workers get their share through
 ``get_dataset_shard("train")``; pixels never pass through the driver.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from wsiscale.pretrain.data import RegionFile, run_files
+
+log = logging.getLogger(__name__)
 
 CHUNK = 32  # tiles per yielded block
 
@@ -49,12 +53,21 @@ def _view_batches(batch: dict[str, np.ndarray], storage: Any, views: dict[str, A
         pixels = pixel_mode_of(t.schema)
         images, sizes = t.column("image").to_pylist(), t.column("tile_size").to_pylist()
         for lo in range(0, len(images), CHUNK):
-            hi = min(lo + CHUNK, len(images))
-            per_tile = [tile_multicrop(decode_image(images[i], pixels, int(sizes[i])), rng, **views)
-                        for i in range(lo, hi)]
+            kept, per_tile = [], []
+            for i in range(lo, min(lo + CHUNK, len(images))):
+                try:
+                    tile = decode_image(images[i], pixels, int(sizes[i]))
+                except Exception as exc:  # a corrupt tile is skipped, never the run
+                    log.warning("%s: tile %d cannot be decoded (%s: %s); skipped", uri, int(first) + i,
+                                type(exc).__name__, exc)
+                    continue
+                kept.append(int(first) + i)
+                per_tile.append(tile_multicrop(tile, rng, **views))
+            if not kept:
+                continue
             out = {f"view_{v}": np.stack(crops) for v, crops in enumerate(zip(*per_tile))}
-            out["slide"] = np.full(hi - lo, int(slide), np.int64)
-            out["tile"] = np.arange(int(first) + lo, int(first) + hi, dtype=np.int64)
+            out["slide"] = np.full(len(kept), int(slide), np.int64)
+            out["tile"] = np.array(kept, np.int64)
             yield out
 
 
