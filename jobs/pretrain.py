@@ -32,7 +32,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from wsiscale.cli import job_parser
 
-    p = job_parser("jobs/pretrain.py", "DINO pretraining of the region encoder on Ray Train.",
+    p = job_parser("jobs/pretrain.py", "DINO/SLPD pretraining of the region or patch encoder on Ray Train.",
                    "jobs/configs/pretrain.yaml", "pretrain.num_workers=[2,8]")
     p.add_argument("--embeddings", help="regions-mode embedding run (default: <output>/embeddings-regions)")
     p.add_argument("--tiles", help="tiling run with pixels: pretrain the patch encoder (sets pretrain.level=patch)")
@@ -46,17 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     from wsiscale.config import ConfigError
     from wsiscale.demo import ray_session
     from wsiscale.io.uri import join_uri
-    from wsiscale.pretrain.run import run_pretraining
+    from wsiscale.pretrain.run import pretrain_source, run_pretraining
 
     args = build_parser().parse_args(argv)
 
     def work(cfg):
-        if args.tiles:
-            cfg.pretrain.level = "patch"
-        default = join_uri(cfg.output, "tiles" if cfg.pretrain.level == "patch" else "embeddings-regions")
+        source = pretrain_source(cfg, args.tiles, args.embeddings)
         with ray_session(cfg):
-            return run_pretraining(cfg, args.tiles or args.embeddings or default,
-                                   args.out or join_uri(cfg.output, "pretrain"))
+            return run_pretraining(cfg, source, args.out or join_uri(cfg.output, "pretrain"))
 
     return run_job(args, work, print_pretrain_result, (FileNotFoundError, ConfigError))
 

@@ -264,13 +264,12 @@ def print_pretrain_result(summary: dict) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from wsiscale.demo import ray_session
     from wsiscale.io.uri import join_uri
-    from wsiscale.pretrain.run import run_pretraining
+    from wsiscale.pretrain.run import pretrain_source, run_pretraining
 
     cfg = _load(args)
     with ray_session(cfg):
-        if args.tiles:
-            cfg.pretrain.level = "patch"
-        summary = run_pretraining(cfg, args.tiles or args.embeddings, args.out or join_uri(cfg.output, "pretrain"))
+        summary = run_pretraining(cfg, pretrain_source(cfg, args.tiles, args.embeddings),
+                                  args.out or join_uri(cfg.output, "pretrain"))
     print_pretrain_result(summary)
     return 0
 

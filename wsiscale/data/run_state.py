@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -222,3 +223,41 @@ def slides_table(records: list[dict[str, Any]], columns: dict[str, pa.DataType] 
 def failures_table(records: list[dict[str, Any]]) -> pa.Table:
     """One row per failed slide: uri, error type, message."""
     return _table(sorted(records, key=lambda r: r.get("slide_id") or ""), FAILURE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class RegionFile:
+    """One shard file of a run: its URI, its slide's index (``slides.parquet`` order), the index of its
+    first row (region or tile) within the slide, and its row count."""
+
+    uri: str
+    slide: int
+    first_region: int
+    rows: int
+
+
+def run_files(run: str, storage: Any, data_dir: str, hint: str,
+              empty_error: type[Exception] = FileNotFoundError) -> tuple[list[RegionFile], list[str]]:
+    """``(files, slide_ids)``: the shard files of a tiling or embedding run's completed slides, in
+    ``slides.parquet`` order, each with its slide's index and the index of its first row within the slide.
+
+    A run without ``slides.parquet`` raises ``FileNotFoundError`` ending with ``hint``; a run whose
+    completed slides hold no rows raises ``empty_error``.
+    """
+    state = RunState(run, storage, data_dir=data_dir)
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: {hint}")
+    files, ids = [], []
+    for sid, shards in zip(slides.column("slide_id").to_pylist(), slides.column("shards").to_pylist()):
+        entries = [s for s in json.loads(shards) if s.get("rows")]
+        if not entries:
+            continue
+        first = 0
+        for s in entries:
+            files.append(RegionFile(state.absolute(s["path"]), len(ids), first, int(s["rows"])))
+            first += int(s["rows"])
+        ids.append(sid)
+    if not files:
+        raise empty_error(f"{state.uri}: no completed slide has {data_dir}")
+    return files, ids

@@ -58,22 +58,14 @@ def table_vectors(table: pa.Table, uri: str = "") -> np.ndarray:
 
 def run_vector_files(embeddings: str, storage: Any = None) -> list[VectorFile]:
     """Every embedding file of a run's completed slides, in slide order, with global ids (tile runs only)."""
-    from wsiscale.data.run_state import RunState
+    from wsiscale.data.run_state import run_files
 
-    state = RunState(embeddings, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first")
-    files, first = [], 0
-    for shards in slides.column("shards").to_pylist():
-        for s in json.loads(shards):
-            rows = int(s.get("rows") or 0)
-            if rows:
-                files.append(VectorFile(state.absolute(s["path"]), first, rows))
-                first += rows
-    if not files:
-        raise IndexInputError(f"{state.uri}: no embeddings in the completed slides")
-    return files
+    files, _ = run_files(embeddings, storage, "embeddings", "run `wsiscale embed` first", empty_error=IndexInputError)
+    out, first = [], 0
+    for f in files:
+        out.append(VectorFile(f.uri, first, f.rows))
+        first += f.rows
+    return out
 
 
 def split_files(files: list[VectorFile], shards: int) -> list[list[VectorFile]]:

@@ -13,43 +13,11 @@ through the driver.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class RegionFile:
-    uri: str
-    slide: int
-    first_region: int
-    rows: int
-
-
-def run_files(run: str, storage: Any, data_dir: str, hint: str) -> tuple[list[RegionFile], list[str]]:
-    """``(files, slide_ids)``: the shard files of a tiling or embedding run's completed slides, in
-    ``slides.parquet`` order, each with its slide's index and the index of its first row within the slide."""
-    from wsiscale.data.run_state import RunState
-
-    state = RunState(run, storage, data_dir=data_dir)
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: {hint}")
-    files, ids = [], []
-    for sid, shards in zip(slides.column("slide_id").to_pylist(), slides.column("shards").to_pylist()):
-        entries = [s for s in json.loads(shards) if s.get("rows")]
-        if not entries:
-            continue
-        first = 0
-        for s in entries:
-            files.append(RegionFile(state.absolute(s["path"]), len(ids), first, int(s["rows"])))
-            first += int(s["rows"])
-        ids.append(sid)
-    if not files:
-        raise FileNotFoundError(f"{state.uri}: no completed slide has {data_dir}")
-    return files, ids
+from wsiscale.data.run_state import RegionFile, run_files  # noqa: F401  (re-exported: the pretraining file lists)
 
 
 def slide_items(files: list[RegionFile], slides: set[int] | None = None) -> list[dict[str, Any]]:

@@ -26,17 +26,15 @@ def read_slide_items(uris: list[str], storage: Any, shape: list[int], level: str
         from wsiscale.pretrain.data import read_region_grids
 
         return np.concatenate([read_region_grids(u, storage, shape) for u in uris])
+    from wsiscale.data.readers import tile_images
     from wsiscale.data.shards import read_parquet
-    from wsiscale.data.tiles import decode_image, pixel_mode_of, resize_tiles
+    from wsiscale.data.tiles import resize_tiles
 
     out = []
     for u in uris:
-        t = read_parquet(str(u), storage, ["image", "tile_size"])
-        pixels = pixel_mode_of(t.schema)
-        tiles = [decode_image(b, pixels, int(s)) for b, s in zip(t.column("image").to_pylist(),
-                                                               t.column("tile_size").to_pylist())]
-        if tiles:
-            out.append(resize_tiles(np.stack(tiles), shape[1]))
+        tiles = tile_images(read_parquet(str(u), storage, ["image", "tile_size"]))
+        if len(tiles):
+            out.append(resize_tiles(tiles, shape[1]))
     return np.concatenate(out) if out else np.zeros((0, shape[1], shape[1], 3), np.uint8)
 
 

@@ -169,23 +169,19 @@ class SlpdTargets:
     @classmethod
     def compute(cls, config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int, epoch: int,
                 device: torch.device) -> "SlpdTargets":
-        import torch.distributed as dist
-
         from wsiscale.pretrain.data import RegionFile
         from wsiscale.pretrain.slpd import cluster_step, write_targets
 
-        holder: list[Any] = [None]
-        if rank == 0:
+        def step() -> tuple[int, int]:
             result = cluster_step([RegionFile(**f) for f in config["files"]], int(config["n_slides"]),
                                   config["shape"], _cpu_state(teacher), p.model_dump(mode="json"), m=p.prototypes,
                                   min_regions=p.min_regions, neighbours=p.nearest_slides, iters=p.cluster_iters,
                                   restarts=p.cluster_restarts, seed=p.seed + epoch, storage=config.get("storage"),
                                   actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus)
             write_targets(result, config["targets_uri"], epoch, config.get("storage"))
-            holder[0] = (epoch, int(result.valid.sum()))
-        if world > 1 and dist.is_initialized():
-            dist.broadcast_object_list(holder, src=0)
-        return cls(*holder[0])
+            return epoch, int(result.valid.sum())
+
+        return cls(*_on_rank0(step, rank, world))
 
     def losses(self, b: dict[str, torch.Tensor], s_logits: torch.Tensor, views: int, teacher: nn.Module,
                proto_loss: DINOLoss, teacher_temp: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +202,16 @@ class SlpdTargets:
                 proto_loss(student, inter_t, teacher_temp, teacher_views=r))
 
 
+def _on_rank0(fn, rank: int, world: int) -> Any:
+    """``fn()`` run on rank 0 only, its (picklable) result broadcast to every rank."""
+    import torch.distributed as dist
+
+    holder: list[Any] = [fn() if rank == 0 else None]
+    if world > 1 and dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's float32 CPU state dict (what Ray Data actors rebuild the teacher from)."""
     return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
@@ -213,19 +219,13 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int) -> dict[str, float]:
     """Rank 0's probe metrics of the current teacher, shared with every rank."""
-    import torch.distributed as dist
-
     from wsiscale.pretrain.data import RegionFile
     from wsiscale.pretrain.evaluate import evaluate
 
-    holder: list[Any] = [{}]
-    if rank == 0:
-        ev = config["eval"]
-        holder[0] = evaluate([RegionFile(**f) for f in config["files"]], config["shape"], _cpu_state(teacher), p,
-                             np.asarray(ev["slides"]), np.asarray(ev["labels"]), config.get("storage"))
-    if world > 1 and dist.is_initialized():
-        dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+    ev = config["eval"]
+    return _on_rank0(lambda: evaluate([RegionFile(**f) for f in config["files"]], config["shape"],
+                                      _cpu_state(teacher), p, np.asarray(ev["slides"]), np.asarray(ev["labels"]),
+                                      config.get("storage")), rank, world)
 
 
 def _write_progress(config: dict[str, Any], record: dict[str, Any]) -> None:
