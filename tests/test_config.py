@@ -12,7 +12,7 @@ def test_defaults_are_the_embedded_setup():
     cfg = load_config()
     assert cfg.tiling.mpp == 0.5 and cfg.tiling.tile_size == 256
     assert cfg.ray.address is None and cfg.output.startswith("file://")
-    assert cfg.pretrain.teacher_temp == 0.04 and cfg.gigassl.temperature == 0.05 and cfg.weno.student_weight == 0.1
+    assert cfg.pretrain.teacher_temp == 0.04 and cfg.gigassl.temperature == 0.05 and cfg.mil.student_negative_weight == 0.1
 
 
 def test_yaml_and_overrides(tmp_path):

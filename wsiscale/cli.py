@@ -1,5 +1,5 @@
 """``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
-``retrieve``, ``cluster``, ``pretrain``, ``demo``, ``config``.
+``retrieve``, ``cluster``, ``pretrain``, ``train-mil``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -274,6 +274,40 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_mil_result(doc: dict) -> None:
+    """The cross-validated metrics of a finished MIL run (``wsiscale train-mil``, ``jobs/train_mil.py``)."""
+    parts = [f"{k} {v['mean']:.3f} +- {v['std']:.3f}" for k, v in doc["summary"].items()]
+    console.print(f"{doc['method']} on {doc['slides']} slides ({doc['positive_slides']} positive), "
+                  f"{len(doc['folds'])}-fold: " + ", ".join(parts), highlight=False)
+    if doc.get("heatmaps"):
+        console.print(f"{len(doc['heatmaps'])} heatmaps, e.g. [bold]{doc['heatmaps'][0]}[/bold]", highlight=False)
+
+
+def mil_inputs(cfg: WsiscaleConfig, embeddings: str | None, labels: str | None, out: str | None,
+               method: str | None) -> tuple[str, str, str]:
+    """``(embeddings, labels, out)`` of ``train-mil``, defaulting to the runs under ``cfg.output``."""
+    from wsiscale.io.uri import join_uri
+
+    if method:
+        cfg.mil.method = method
+    return (embeddings or join_uri(cfg.output, "embeddings"), labels or join_uri(cfg.output, "manifest.parquet"),
+            out or join_uri(cfg.output, f"mil-{cfg.mil.method}"))
+
+
+def _train_mil(args: argparse.Namespace) -> int:
+    from wsiscale.demo import ray_session
+    from wsiscale.mil.run import run_mil
+
+    cfg = _load(args)
+    embeddings, labels, out = mil_inputs(cfg, args.embeddings, args.labels, args.out, args.method)
+    with ray_session(cfg):
+        doc = run_mil(cfg, embeddings, labels, out)
+    print_mil_result(doc)
+    if args.json:
+        sys.stdout.write(json.dumps({k: doc[k] for k in ("method", "summary", "slides")}) + "\n")
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from wsiscale.index.stages import run_cluster
 
@@ -388,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: <output>/pretrain); rerun to resume")
     _common(p)
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("train-mil", help="MIL slide classification (mean/max pooling, ABMIL, WENO) on tile "
+                                         "embeddings: k-fold by slide on Ray Train, metrics and heatmaps")
+    p.add_argument("--method", choices=["meanpool", "maxpool", "abmil", "weno"], help="default: mil.method (weno)")
+    p.add_argument("--embeddings", help="tiles-mode embedding run (default: <output>/embeddings)")
+    p.add_argument("--labels", help="slide labels: manifest, CSV or Parquet with slide_id and mil.label_column "
+                                    "(default: <output>/manifest.parquet)")
+    p.add_argument("--out", help="results directory (default: <output>/mil-<method>); rerun to resume")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    _common(p)
+    p.set_defaults(func=_train_mil)
 
     p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
     p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")

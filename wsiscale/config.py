@@ -272,16 +272,46 @@ class DinoConfig(_Section):
     eval_knn: int = Field(20, ge=1, description="k of the weighted kNN probe")
 
 
-class WenoConfig(_Section):
-    """WENO MIL knowledge distillation (micciaif/WENO defaults)."""
+class MilConfig(_Section):
+    """MIL slide classification on tile embeddings: mean/max pooling, ABMIL and WENO (micciaif/WENO defaults)."""
 
-    hidden_dim: int = 512
-    attention_dim: int = 128
-    student_weight: float = 0.1
-    hard_mining_warmup_epochs: int = 10
-    hard_mining_threshold: float = 0.5
-    lr: float = 1e-3
-    epochs: int = 50
+    method: Literal["meanpool", "maxpool", "abmil", "weno"] = "weno"
+    gated: bool = Field(False, description="gated ABMIL attention (WENO's official code: non-gated)")
+    projection_dim: int = Field(512, ge=2, description="shared instance encoder: Linear(D_in, this) + BatchNorm1d")
+    hidden_dim: int = Field(1024, ge=2, description="bag head MLP width (L)")
+    attention_dim: int = Field(512, ge=2, description="attention width (D)")
+    student_hidden_dim: int = Field(4096, ge=2, description="WENO student MLP width")
+    dropout: float = Field(0.5, ge=0, lt=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="WENO's code: plain SGD")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(100, ge=1, description="maximum epochs per fold (early stopping may end sooner)")
+    bags_per_step: int = Field(1, ge=1, description="bags per optimiser step, over all workers (WENO: 1)")
+    instance_batch: int = Field(512, ge=2, description="WENO student phase: instances per step, over all workers")
+    student_negative_weight: float = Field(0.1, ge=0, le=1, description="weight of the negative term of the "
+                                           "student loss (stu_loss_weight_neg); the positive term gets 1 - this")
+    hard_mining_warmup_epochs: int = Field(10, ge=0, description="hard positive mining from the epoch after this "
+                                           "many (smoothE)")
+    hard_mining_threshold: float = Field(0.5, gt=0, lt=1, description="instances the student scores above this are "
+                                         "dropped from positive bags")
+    folds: int = Field(5, ge=2, description="k-fold cross-validation by slide (stratified)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each training fold held out for early "
+                                "stopping")
+    patience: int = Field(10, ge=1, description="epochs without a better validation loss before stopping")
+    min_epochs: int = Field(0, ge=0, description="never stop before this many epochs")
+    label_column: str = "label"
+    positive_labels: list[str] = Field(default_factory=list, description="labels counted positive; empty: a "
+                                       "two-valued label column's larger value")
+    instance_threshold: float = Field(0.5, gt=0, le=1, description="a tile is a positive instance when this share "
+                                      "of it is tumour (generated cohorts' truth files)")
+    heatmaps: int = Field(4, ge=-1, description="test slides drawn per fold (-1: all, 0: none)")
+    cache_gb: float = Field(2.0, gt=0, description="bag features each worker keeps in memory")
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints (and at each fold's end)")
+    num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(3, ge=-1)
+    seed: int = 0
 
 
 class GigaSSLConfig(_Section):
@@ -333,7 +363,7 @@ class WsiscaleConfig(_Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     pretrain: DinoConfig = Field(default_factory=DinoConfig)
-    weno: WenoConfig = Field(default_factory=WenoConfig)
+    mil: MilConfig = Field(default_factory=MilConfig)
     gigassl: GigaSSLConfig = Field(default_factory=GigaSSLConfig)
     five: FiveConfig = Field(default_factory=FiveConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -88,3 +88,17 @@ def watch_progress(uri: str, storage=None, description: str = "training", every_
         finally:
             stop.set()
             thread.join(every_s + 5)
+
+
+def write_progress(uri: str | None, record: dict, storage=None) -> None:
+    """Rewrite the JSON progress record at ``uri`` (what :func:`watch_progress` shows); never raises."""
+    if not uri:
+        return
+    import json
+
+    from wsiscale.io.uri import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(uri, json.dumps(record).encode(), storage)
+    except OSError as exc:  # progress is cosmetic: never fail training for it
+        logging.getLogger(__name__).warning("cannot write %s: %s", uri, exc)

@@ -41,6 +41,7 @@ from wsiscale.pretrain.heads import DINOHead
 from wsiscale.pretrain.losses import DINOLoss
 from wsiscale.pretrain.region_vit import RegionViT
 from wsiscale.pretrain.schedules import cosine_schedule, ema_update, teacher_temp_schedule
+from wsiscale.progress import write_progress
 
 
 class DinoModel(nn.Module):
@@ -228,21 +229,6 @@ def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, wor
                                       config.get("storage")), rank, world)
 
 
-def _write_progress(config: dict[str, Any], record: dict[str, Any]) -> None:
-    """Rank 0's ``progress.json`` beside the checkpoints (the driver polls it for its progress bar)."""
-    uri = config.get("progress_uri")
-    if not uri:
-        return
-    from wsiscale.io.uri import write_bytes_atomic
-
-    try:
-        write_bytes_atomic(uri, json.dumps(record).encode(), config.get("storage"))
-    except OSError as exc:  # progress is cosmetic: never fail training for it
-        import logging
-
-        logging.getLogger(__name__).warning("cannot write %s: %s", uri, exc)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point.
 
@@ -385,7 +371,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     metrics |= {k: v for k, v in evaluations[-1].items() if k not in ("epoch", "step")}
                 t_last, n_last = now, 0
                 if rank == 0:
-                    _write_progress(config, metrics)
+                    write_progress(config.get("progress_uri"), metrics, config.get("storage"))
                 if step % p.checkpoint_every == 0 or last:
                     _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher,
                                             {"dino_loss": dino, "proto_loss": proto_loss}, opt, scaler, p, config,

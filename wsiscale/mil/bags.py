@@ -1,0 +1,187 @@
+"""Bags for MIL: each slide of a tiles-mode embedding run with its label (and instance labels).
+
+The driver builds one :class:`BagSpec` per labelled slide from the run's
+``slides.parquet`` and a labels table (a manifest, CSV or Parquet with
+``slide_id`` and the label column; a generated cohort's manifest also has
+``truth_uri`` and ``mpp``, which give tile-level tumour labels). Specs are
+small (URIs and numbers): the features themselves are read by the Ray Train
+workers, slide by slide, through :class:`BagStore` (an LRU cache bounded in
+bytes), so no process ever holds the whole archive. A slide whose embeddings
+cannot be read, or hold NaN/inf, is skipped with a warning naming its URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsiscale.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BagSpec:
+    """A slide as a bag: its id, binary label, embedding files, tile count and where its tiles are.
+
+    ``tile_extent`` is a tile's side in level-0 pixels (for heatmaps and instance labels);
+    ``truth_uri`` is a generated slide's ground truth (instance labels), or None.
+    """
+
+    slide_id: str
+    label: int
+    label_name: str
+    files: list[str]
+    tiles: int
+    slide_uri: str | None = None
+    tile_extent: float | None = None
+    truth_uri: str | None = None
+
+
+@dataclass
+class Bag:
+    """One slide's features ``[N, D]`` float32, tile origins ``xs, ys [N]`` (level 0) and instance labels ``[N]``."""
+
+    feats: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    instance_labels: np.ndarray | None
+
+
+def _positive_names(values: list[str], positive: list[str], column: str, uri: str) -> set[str]:
+    distinct = sorted(set(values), key=lambda v: (_as_number(v) is None, _as_number(v) or 0.0, v))
+    if positive:
+        unknown = set(positive) - set(values)
+        if unknown:
+            log.warning("mil.positive_labels %s do not occur in %s", sorted(unknown), uri)
+        chosen = set(positive) & set(values)
+        if not chosen or chosen == set(values):
+            raise ConfigError(f"mil.positive_labels={positive} leaves {uri} with one class; labels there are "
+                              f"{distinct}")
+        return chosen
+    if len(distinct) != 2:
+        raise ConfigError(f"column {column!r} of {uri} has {len(distinct)} distinct labels {distinct[:10]}: MIL here is "
+                          "binary; set mil.positive_labels to the labels that count as positive")
+    return {distinct[1]}
+
+
+def _as_number(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def bag_specs(cfg: Any, embeddings: str, labels: str) -> tuple[list[BagSpec], int]:
+    """``(specs, dim)``: the labelled slides of tiles-mode embedding run ``embeddings`` in run order."""
+    from wsiscale.data.run_state import RunState
+    from wsiscale.io.manifest import read_table
+
+    mil, storage = cfg.mil, cfg.storage
+    state = RunState(embeddings, storage, data_dir="embeddings")
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first (embed.mode=tiles)")
+    table = read_table(labels, storage, "labels table", string_columns=(mil.label_column, "slide_id"))
+    for col in ("slide_id", mil.label_column):
+        if col not in table.column_names:
+            raise ConfigError(f"labels table {labels} has no {col!r} column (columns: {table.column_names}); set "
+                              "mil.label_column")
+    rows = table.to_pylist()
+    names = [str(r[mil.label_column]) for r in rows if r[mil.label_column] is not None]
+    positive = _positive_names(names, list(mil.positive_labels), mil.label_column, labels)
+    by_id = {str(r["slide_id"]): r for r in rows if r[mil.label_column] is not None}
+    specs, dim, missing = [], None, 0
+    for rec in slides.to_pylist():
+        sid = rec["slide_id"]
+        if rec.get("mode") not in (None, "tiles"):
+            raise ConfigError(f"{state.uri} is a {rec.get('mode')}-mode embedding run: MIL needs one embedding per "
+                              "tile (embed.mode=tiles)")
+        row = by_id.get(sid)
+        if row is None:
+            missing += 1
+            continue
+        shards = [s for s in json.loads(rec["shards"]) if s.get("rows")]
+        if not shards:
+            log.warning("%s: slide %s has no tissue tiles; left out of MIL", state.uri, sid)
+            continue
+        dim = dim or int(rec["dim"])
+        if int(rec["dim"]) != dim:
+            raise ConfigError(f"{state.uri}: slide {sid} has {rec['dim']}-d embeddings, others {dim}-d")
+        extent = None
+        slide_mpp = row.get("mpp")
+        if rec.get("mpp") and rec.get("tile_size") and slide_mpp:
+            extent = float(rec["tile_size"]) * float(rec["mpp"]) / float(slide_mpp)
+        name = str(row[mil.label_column])
+        specs.append(BagSpec(sid, int(name in positive), name, [state.absolute(s["path"]) for s in shards],
+                             int(sum(int(s["rows"]) for s in shards)), rec.get("uri") or row.get("uri"), extent,
+                             row.get("truth_uri")))
+    if missing:
+        log.warning("%d slides of %s have no label in %s; left out", missing, state.uri, labels)
+    if not specs:
+        raise ConfigError(f"no slide of {state.uri} has a label in {labels} (matched by slide_id)")
+    return specs, int(dim)
+
+
+class BagStore:
+    """Reads bags on demand (a worker's view of the run), keeping up to ``cache_gb`` of them in memory."""
+
+    def __init__(self, specs: list[BagSpec], storage: Any = None, cache_gb: float = 2.0,
+                 instance_threshold: float = 0.5) -> None:
+        self.specs = specs
+        self.storage = storage
+        self.capacity = int(cache_gb * 2**30)
+        self.threshold = instance_threshold
+        self._cache: OrderedDict[int, Bag | None] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, i: int) -> Bag | None:
+        """Bag ``i`` (None when its slide cannot be read: warned once)."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        bag = self._load(self.specs[i])
+        self.put(i, bag)
+        return bag
+
+    def put(self, i: int, bag: Bag | None) -> None:
+        """Keep bag ``i`` in memory (evicting the least recently used bags beyond the capacity)."""
+        size = 0 if bag is None else bag.feats.nbytes + bag.xs.nbytes * 3
+        while self._cache and self._bytes + size > self.capacity:
+            _, old = self._cache.popitem(last=False)
+            self._bytes -= 0 if old is None else old.feats.nbytes + old.xs.nbytes * 3
+        self._cache[i] = bag
+        self._bytes += size
+
+    def _load(self, spec: BagSpec) -> Bag | None:
+        import pyarrow as pa
+
+        from wsiscale.data.shards import read_parquet
+
+        try:
+            table = pa.concat_tables([read_parquet(u, self.storage, ["x", "y", "embedding"]) for u in spec.files])
+            emb = table.column("embedding").combine_chunks()
+            feats = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(table.num_rows, -1)
+        except Exception as exc:  # a bad slide never aborts the run
+            log.warning("slide %s: cannot read its embeddings %s (%s: %s); left out", spec.slide_id, spec.files,
+                        type(exc).__name__, exc)
+            return None
+        if not np.isfinite(feats).all():
+            log.warning("slide %s: %s holds NaN/inf embeddings; left out (re-embed it)", spec.slide_id, spec.files)
+            return None
+        xs = table.column("x").to_numpy().astype(np.int64)
+        ys = table.column("y").to_numpy().astype(np.int64)
+        labels = None
+        if spec.truth_uri and spec.tile_extent:
+            from wsiscale.synth.truth import instance_labels
+
+            try:
+                labels = instance_labels(spec.truth_uri, xs, ys, spec.tile_extent, self.storage, self.threshold)
+            except (OSError, ValueError) as exc:
+                log.warning("slide %s: no instance labels from %s (%s)", spec.slide_id, spec.truth_uri, exc)
+        return Bag(feats, xs, ys, labels)
