@@ -94,3 +94,5 @@ def test_demo_end_to_end(tmp_path):
     assert pre["items"] == tiling["tiles"]["total"] and pre["metrics"]["step"] == pre["metrics"]["total_steps"] > 0
     assert "probe_auc" not in pre["metrics"]
     assert json.loads((out / "pretrain" / "encoder" / "encoder.json").read_text())["encoder"] == "timm:test_vit"
+    # stage 7: 2-fold WENO needs 2 normal and 2 tumour slides; 3 slides have one normal: skipped with a message
+    assert summary["mil"] is None and "2-fold MIL needs 2 normal and 2 tumour slides" in res.stdout + res.stderr

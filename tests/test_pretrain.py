@@ -179,34 +179,9 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
 
 def _kill_a_worker_after_the_first_checkpoint(out, killed: list[int]):
     """A thread that SIGKILLs the newest Ray Train worker once the run has registered a checkpoint."""
-    import os
-    import signal
-    import threading
-    import time
-    from pathlib import Path
+    from ray_faults import kill_a_train_worker_after_the_first_checkpoint
 
-    def run():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            # the controller has registered a checkpoint once its snapshot file lists one
-            snap = out / "pretrain" / "checkpoint_manager_snapshot.json"
-            if snap.exists() and "checkpoint_" in snap.read_text():
-                workers = []
-                for proc in Path("/proc").iterdir():  # Ray titles worker processes "ray::RayTrainWorker..."
-                    try:
-                        if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                            workers.append(int(proc.name))
-                    except OSError:
-                        continue
-                if workers:
-                    os.kill(max(workers), signal.SIGKILL)
-                    killed.append(max(workers))
-                    return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    return kill_a_train_worker_after_the_first_checkpoint(out / "pretrain" / "checkpoint_manager_snapshot.json", killed)
 
 
 @pytest.mark.slow

@@ -158,3 +158,36 @@ def test_disk_backed_levels_give_the_same_file(tmp_path, bank, monkeypatch):
     generate_slide(spec, bank, tmp_path / "disk" / "mm.svs")
     assert (tmp_path / "ram" / "mm.svs").read_bytes() == (tmp_path / "disk" / "mm.svs").read_bytes()
     assert not [p for p in (tmp_path / "disk").iterdir() if p.name.startswith("wsiscale-level-")]
+
+
+def test_shared_mix_only_tumour_tells_labels_apart():
+    """``shared_mix``: every label draws the normal slides' tissue mix (CAMELYON-like); the default keeps
+    the label-specific mix and the exact random draws of before."""
+    from wsiscale.synth.layout import make_layout
+
+    def layout(label: int, **kw):
+        return make_layout(np.random.default_rng(7), 640, 512, 0.5, label, LayoutParams(**kw))
+
+    normal, shared = layout(0, shared_mix=True), layout(1, shared_mix=True)
+    assert shared.mix == normal.mix
+    assert not normal.tumour.any() and shared.tumour.any() and (shared.tumour <= shared.tissue).all()
+    assert set(np.unique(shared.classes[shared.tumour])) == {SLIDE_LABELS[1][1]}
+    assert layout(1).mix != normal.mix  # default: the label changes the mix
+    # Label 0 draws the same numbers either way (shared_mix only swaps the Dirichlet's parameters).
+    default = layout(0)
+    assert default.mix == normal.mix and np.array_equal(default.classes, normal.classes)
+
+
+def test_shared_mix_reaches_the_specs_and_invalidates_old_slides(tmp_path, bank):
+    from dataclasses import replace
+
+    from wsiscale.synth.cohort import _load_truth
+
+    specs = slide_specs(SynthConfig(n_slides=3, shared_mix=True))
+    assert all(s.layout.shared_mix for s in specs)
+    assert not any(s.layout.shared_mix for s in slide_specs(SynthConfig(n_slides=3)))
+    spec = SlideSpec("mix", 2048, 2048, seed=4, label=1)
+    generate_slide(spec, bank, tmp_path / "mix.svs")
+    assert _load_truth(tmp_path / "mix.svs", spec) is not None  # same spec: reused
+    changed = replace(spec, layout=LayoutParams(shared_mix=True))
+    assert _load_truth(tmp_path / "mix.svs", changed) is None  # regenerated, never silently reused

@@ -139,7 +139,10 @@ class SynthConfig(_Section):
     seed: int = 0
     prefix: str = "synth-"
     label_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="normal, glandular, solid")
-    tumour_fraction: tuple[float, float] = (0.08, 0.35)
+    tumour_fraction: tuple[float, float] = Field((0.08, 0.35), description="share of a tumour slide's tissue that is "
+                                                 "tumour (CAMELYON-like: [0.01, 0.10])")
+    shared_mix: bool = Field(False, description="every label gets the normal slides' tissue mix, so only the tumour "
+                                                "regions tell labels apart (MIL cohorts)")
     pen_mark_probability: float = Field(0.3, ge=0, le=1)
     stain_variation: float = Field(1.0, ge=0)
     texture_size: int = Field(512, ge=128)

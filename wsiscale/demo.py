@@ -70,12 +70,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/6 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/7 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/6 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/7 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -88,7 +88,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/6 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        console.print(f"3/7 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
         from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
@@ -98,13 +98,15 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             cfg.embed.weights = "random"
             console.print(f"   (no embed.weights given: {cfg.embed.encoder} with a seeded random initialisation; "
                           "point embed.weights at a local checkpoint for real features)")
-        console.print(f"4/6 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
+        console.print(f"4/7 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
         embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
-        console.print(f"5/6 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
+        console.print(f"5/7 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
                       f"{out / 'slide-index'}")
         index = _index_stage(cfg, out)
-        console.print(f"6/6 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
+        console.print(f"6/7 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
         pretrain = _pretrain_stage(cfg, out, manifest)
+        console.print(f"7/7 WENO (MIL) tumour-vs-normal classification with heatmaps on Ray Train -> {out / 'mil-weno'}")
+        mil = _mil_stage(cfg, out, manifest)
     finally:
         if started:
             ray.shutdown()
@@ -136,9 +138,15 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
     from wsiscale.cli import print_pretrain_result
 
     print_pretrain_result(pretrain)
+    if mil is not None:
+        from wsiscale.cli import print_mil_result
+
+        print_mil_result(mil)
     summary = out / "summary.json"
     summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
                                    "pretrain": pretrain,
+                                   "mil": None if mil is None else {k: mil.get(k) for k in ("method", "summary", "slides",
+                                                                                        "heatmaps")},
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
@@ -149,7 +157,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
         f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
         f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
-        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, config in {out / 'wsiscale.config.yaml'}"
+        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1
 
@@ -194,6 +202,31 @@ def _pretrain_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict:
         cfg.pretrain.eval_labels = str(manifest)  # a held-out probe needs 2 slides of every class
     summary = run_pretraining(cfg, str(out / "tiles"), str(out / "pretrain"))
     return {k: summary[k] for k in ("items", "unit", "slides", "level", "metrics", "encoder")}
+
+
+#: Demo-sized WENO (CPU seconds): any ``mil.*`` the user sets wins over these.
+DEMO_MIL = {"method": "weno", "projection_dim": 64, "hidden_dim": 64, "attention_dim": 32, "student_hidden_dim": 128,
+            "optimizer": "adam", "lr": 1e-3, "epochs": 12, "hard_mining_warmup_epochs": 4, "patience": 12, "folds": 2,
+            "heatmaps": 1, "num_workers": (1, 1), "cpus_per_worker": 1.0}
+
+
+def _mil_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict | None:
+    """WENO on the demo's tile embeddings: tumour (labels 1, 2) vs normal (0), 2-fold, with heatmaps."""
+    from wsiscale.mil.run import run_mil
+
+    user = cfg.mil.model_fields_set
+    for key, value in DEMO_MIL.items():
+        if key not in user:
+            setattr(cfg.mil, key, value)
+    if "positive_labels" not in user:
+        cfg.mil.positive_labels = ["1", "2"]
+    labels = pq.read_table(manifest, columns=["label"]).column("label").to_pylist()
+    positive = sum(str(v) in cfg.mil.positive_labels for v in labels)
+    if min(positive, len(labels) - positive) < cfg.mil.folds:
+        console.print(f"   (skipped: {cfg.mil.folds}-fold MIL needs {cfg.mil.folds} normal and {cfg.mil.folds} tumour "
+                      "slides; generate more with --slides)")
+        return None
+    return run_mil(cfg, str(out / "embeddings"), str(manifest), str(out / "mil-weno"))
 
 
 def _print_index_stage(index: dict, labels: dict[str, str]) -> None:

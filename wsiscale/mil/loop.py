@@ -331,11 +331,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _auc(labels: list[int], scores: list[float]) -> float:
-    from wsiscale.eval.probe import auc
+    from wsiscale.mil.results import binary_auc
 
-    if len(set(labels)) < 2:
-        return float("nan")
-    return float(auc(np.asarray(labels), np.asarray(scores)))
+    return binary_auc(labels, scores)
 
 
 def _report(metrics: dict[str, Any], rank: int, state: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -83,17 +83,21 @@ def slide_specs(cfg: SynthConfig) -> list[SlideSpec]:
                 tile=cfg.tile_size,
                 quality=cfg.jpeg_quality,
                 stain_variation=cfg.stain_variation,
-                layout=LayoutParams(pen_marks=pen, tumour_fraction=tuple(cfg.tumour_fraction)),
+                layout=LayoutParams(pen_marks=pen, tumour_fraction=tuple(cfg.tumour_fraction),
+                                    shared_mix=cfg.shared_mix),
             )
         )
     return specs
 
 
-def _load_truth(path: Path) -> SlideTruth | None:
+def _load_truth(path: Path, spec: SlideSpec | None = None) -> SlideTruth | None:
+    """The ground truth of an existing slide at ``path`` (None if missing, or written from another ``spec``)."""
     npz, js = truth_paths(path)
     if not (path.exists() and npz.exists() and js.exists()):
         return None
     data = json.loads(js.read_text())
+    if spec is not None and data.get("spec") != json.loads(json.dumps(asdict(spec), default=str)):
+        return None
     fields = {k: data[k] for k in SlideTruth.__dataclass_fields__}
     return SlideTruth(**fields)
 
@@ -135,8 +139,8 @@ def build_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int | None = No
     truths: dict[str, dict] = {}
     todo = []
     for spec in specs:
-        existing = _load_truth(out / f"{spec.slide_id}.svs")
-        if existing is not None and existing.width == spec.width and existing.label == spec.label:
+        existing = _load_truth(out / f"{spec.slide_id}.svs", spec)
+        if existing is not None:
             truths[spec.slide_id] = asdict(existing)
         else:
             todo.append(spec)

@@ -54,6 +54,7 @@ class LayoutParams:
     pen_marks: bool = False
     dust: bool = True
     tissue: bool = True
+    shared_mix: bool = False  # every label draws the normal tissue mix: only tumour tells labels apart (CAMELYON-like)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _class_map(
     rng: np.random.Generator, tissue: np.ndarray, label: int, cell_um: float, params: LayoutParams
 ) -> tuple[np.ndarray, dict[str, float]]:
     shape = tissue.shape
-    mix = rng.dirichlet(_MIX[label] * params.mix_concentration + 0.05)
+    mix = rng.dirichlet(_MIX[0 if params.shared_mix else label] * params.mix_concentration + 0.05)
     sigma = params.region_um / cell_um
     # Running argmax over per-class scores (never holds all score maps: large slides).
     best = np.full(shape, -np.inf, np.float32)
