@@ -17,48 +17,60 @@ from mil_cohort import MilCohortSpec, write_mil_cohort
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("mil-cohort")
-    run, manifest, _ = write_mil_cohort(root, MilCohortSpec(slides_per_label=6, cells=16), seed=5)
+    spec = MilCohortSpec(slides_per_label=12, cells=14, salient_share=0.5)
+    spec.layout.tumour_fraction = (0.15, 0.3)  # more tumour than CAMELYON: a few epochs learn it
+    run, manifest, _ = write_mil_cohort(root, spec, seed=5)
     return run, manifest
 
 
-def _cfg(method="weno", workers=1, epochs=6):
+def _cfg(method="weno", workers=1, epochs=12):
     from wsiscale.config import WsiscaleConfig
 
     cfg = WsiscaleConfig()
     m = cfg.mil
     m.method, m.epochs, m.folds, m.heatmaps, m.patience = method, epochs, 2, 0, 100
-    m.projection_dim, m.hidden_dim, m.attention_dim, m.student_hidden_dim = 16, 16, 8, 32
-    m.optimizer, m.lr, m.hard_mining_warmup_epochs, m.instance_batch = "adam", 1e-3, 2, 64
+    m.projection_dim, m.hidden_dim, m.attention_dim, m.student_hidden_dim = 128, 256, 128, 256
+    m.optimizer, m.lr, m.hard_mining_warmup_epochs, m.instance_batch = "adam", 2e-3, 4, 64
+    m.student_negative_weight = 0.5
     m.num_workers, m.cpus_per_worker, m.checkpoint_every = (workers, workers), 0.5, 3
     return cfg
 
 
 @pytest.mark.usefixtures("ray_local")
 def test_two_workers_give_the_metrics_of_one(small_cohort, tmp_path):
-    """The same seed on 1 and 2 Ray Train workers: every step sums the same gradients, so the folds'
-    predictions agree (up to float order and the student batches' BatchNorm statistics)."""
+    """ABMIL with the same seed on 1 and 2 Ray Train workers: every step sums the same per-bag gradients
+    (dropout seeded per bag), so the training losses agree up to float summation order; evaluation uses
+    BatchNorm running statistics, which each worker accumulates over its own bags (averaged after each
+    epoch), so validation losses, test probabilities and attention agree closely, and so do the metrics.
+    (WENO's student batches add per-worker BatchNorm batch statistics: its 1- vs 2-worker agreement is
+    checked on the learning cohort.)"""
     from wsiscale.mil.run import run_mil
 
     run, manifest = small_cohort
-    docs = {w: run_mil(_cfg(workers=w), run, manifest, str(tmp_path / f"w{w}")) for w in (1, 2)}
+    docs = {w: run_mil(_cfg("abmil", workers=w), run, manifest, str(tmp_path / f"w{w}")) for w in (1, 2)}
     one, two = docs[1], docs[2]
-    assert [f["test_slides"] for f in one["folds"]] == [f["test_slides"] for f in two["folds"]] == [6, 6]
+    assert [f["test_slides"] for f in one["folds"]] == [f["test_slides"] for f in two["folds"]] == [12, 12]
     for a, b in zip(one["folds"], two["folds"]):
-        assert a["epochs_run"] == b["epochs_run"] == 6
-        for h1, h2 in zip(a["history"], b["history"]):
-            assert h1["train_loss"] == pytest.approx(h2["train_loss"], abs=0.02)
-        for key in ("bag_auc", "instance_auc", "attention_instance_auc", "student_bag_auc"):
-            assert a[key] == pytest.approx(b[key], abs=0.03), key
+        assert a["epochs_run"] == b["epochs_run"] == 12
+        np.testing.assert_allclose([h["train_loss"] for h in a["history"]], [h["train_loss"] for h in b["history"]],
+                                   atol=1e-4)
+        np.testing.assert_allclose([h["val_loss"] for h in a["history"]], [h["val_loss"] for h in b["history"]],
+                                   atol=0.01)
+        for key in ("bag_auc", "bag_accuracy", "instance_auc"):
+            assert a[key] == pytest.approx(b[key], abs=0.02), key
     for fold in (0, 1):
         p1 = pq.read_table(tmp_path / "w1" / "predictions" / f"fold-{fold}.parquet")
         p2 = pq.read_table(tmp_path / "w2" / "predictions" / f"fold-{fold}.parquet")
         assert p1.column("slide_id").to_pylist() == p2.column("slide_id").to_pylist()
-        np.testing.assert_allclose(p1.column("bag_prob").to_numpy(), p2.column("bag_prob").to_numpy(), atol=0.02)
+        np.testing.assert_allclose(p1.column("bag_prob").to_numpy(), p2.column("bag_prob").to_numpy(), atol=0.01)
+        i1 = pq.read_table(tmp_path / "w1" / "instances" / f"fold-{fold}.parquet")
+        i2 = pq.read_table(tmp_path / "w2" / "instances" / f"fold-{fold}.parquet")
+        assert np.corrcoef(i1.column("score").to_numpy(), i2.column("score").to_numpy())[0, 1] > 0.99
     # every slide is tested once, with its instances and their truth labels
     inst = pq.read_table(tmp_path / "w2" / "instances")
     labels = {r["slide_id"]: r["label"] for r in pq.read_table(manifest).to_pylist()}
     assert set(inst.column("slide_id").to_pylist()) == set(labels)
-    per_slide = {}
+    per_slide: dict[str, list[int]] = {}
     for sid, lab in zip(inst.column("slide_id").to_pylist(), inst.column("instance_label").to_pylist()):
         per_slide.setdefault(sid, []).append(lab)
     assert all(max(v) == labels[s] for s, v in per_slide.items())  # tumour tiles in positive slides only
@@ -79,12 +91,12 @@ def test_killed_worker_resumes_and_ends_with_every_fold(small_cohort, tmp_path):
     out = tmp_path / "mil"
     killed: list[int] = []
     thread = kill_a_train_worker_after_the_first_checkpoint(out / "train" / "checkpoint_manager_snapshot.json", killed)
-    doc = run_mil(_cfg(workers=2, epochs=6), run, manifest, str(out))
+    doc = run_mil(_cfg(workers=2), run, manifest, str(out))
     thread.join(5)
     assert killed, "no training worker was killed"
     assert [f["fold"] for f in doc["folds"]] == [0, 1]
     for f in doc["folds"]:
-        assert [h["epoch"] for h in f["history"]] == list(range(1, 7))  # no epoch lost or repeated
+        assert [h["epoch"] for h in f["history"]] == list(range(1, 13))  # no epoch lost or repeated
     preds = pq.read_table(out / "predictions")
     assert sorted(preds.column("slide_id").to_pylist()) == sorted(r["slide_id"] for r in pq.read_table(manifest)
                                                                    .to_pylist())
@@ -103,7 +115,7 @@ def test_train_mil_job_and_bad_input(small_cohort, tmp_path):
             "--set", "ray.address=auto"]
     assert job.main(["--method", "abmil", "--embeddings", run, "--labels", manifest, "--out", str(out), *sets]) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["method"] == "abmil" and doc["slides"] == 12 and len(doc["folds"]) == 2
+    assert doc["method"] == "abmil" and doc["slides"] == 24 and len(doc["folds"]) == 2
     assert "attention_instance_auc" not in doc["summary"] and "instance_auc" in doc["summary"]
     assert "method: abmil" in (out / "wsiscale.config.yaml").read_text()
     assert job.main(["--embeddings", str(tmp_path / "missing"), "--labels", manifest, "--out", str(tmp_path / "x"),

@@ -20,7 +20,8 @@ WENO (Qu et al., NeurIPS 2022; micciaif/WENO) adds, per epoch:
    ``mil.instance_batch`` per step over all workers; pseudo labels are the
    teacher's attention logits normalised with that range (0 in negative bags);
    the student and the shared encoder follow WENO's soft cross-entropy. The
-   teacher labels instances without dropout (the official code leaves it on).
+   teacher labels instances in training mode (dropout on), as it was when the
+   range was measured - as WENO's code does.
 
 After each epoch, BatchNorm running statistics are averaged across workers and
 the validation bags give the early-stopping loss; the best epoch's weights are
@@ -164,10 +165,8 @@ def student_phase(model: MILModel, opts: dict[str, torch.optim.Optimizer], store
                 x = np.stack([mine[j].feats[r] for j, r in local])
                 bag_label = torch.tensor([store.specs[chunk[j]].label for j, _ in local], device=device)
                 feat = model.encoder(torch.from_numpy(x).to(device))
-                with torch.no_grad():
-                    model.bag.eval()
+                with torch.no_grad():  # train mode, as the range was measured (WENO's code)
                     targets = pseudo_labels(model.bag.instance_scores(feat), lo, hi, bag_label)
-                    model.bag.train()
                 loss = student_loss(model.student(feat), targets, mil.student_negative_weight, reduction="sum")
                 (loss / len(batch)).backward()
                 loss_sum += float(loss.detach())
@@ -304,14 +303,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 bad += 1
             if bad >= mil.patience and epoch + 1 >= mil.min_epochs:
                 break
-            metrics = record | {"folds": len(folds), "best_epoch": best_epoch}
-            if (epoch + 1) % mil.checkpoint_every == 0 and epoch + 1 < mil.epochs:
-                _report(metrics, rank, {"fold": f, "epoch": epoch + 1, "model": _cpu_state(model),
-                                        "optimizers": {k: o.state_dict() for k, o in opts.items()}, "best": best,
-                                        "best_loss": best_loss, "bad": bad},
+            if (epoch + 1) % mil.checkpoint_every == 0 and epoch + 1 < mil.epochs:  # (progress.json every epoch)
+                _report(record | {"folds": len(folds), "best_epoch": best_epoch}, rank,
+                        {"fold": f, "epoch": epoch + 1, "model": _cpu_state(model),
+                         "optimizers": {k: o.state_dict() for k, o in opts.items()}, "best": best,
+                         "best_loss": best_loss, "bad": bad},
                         {"results": results, "history": history, "best_epoch": best_epoch})
-            else:
-                ray.train.report(metrics)
         model.load_state_dict(best)
         test = _gather(predict_bags(model, store, fold["test"], mil, rank, world, device, True), to_all=False)
         summary: dict[str, Any] = {}
