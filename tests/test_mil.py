@@ -173,3 +173,40 @@ def test_distributed_range_gradients_and_batchnorm_on_two_gloo_processes(tmp_pat
     for rank in (0, 1):
         got = np.load(tmp_path / f"rank{rank}.npy")
         np.testing.assert_allclose(got, [-2.0, 4.0, 1.0, 2.0, 1.0, 1.0])
+
+
+def test_bag_store_leaves_out_unreadable_and_nan_slides_with_a_warning(tmp_path):
+    """A slide whose embeddings are missing or hold NaN is skipped (None) with a warning naming it; a good one loads
+    with its instance labels from the truth file."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wsiscale.mil.bags import BagSpec, BagStore
+
+    def table(vals):
+        vals = np.asarray(vals, np.float32)
+        return pa.table({"x": pa.array([0, 16, 0, 16], pa.int64()), "y": pa.array([0, 0, 16, 16], pa.int64()),
+                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vals.ravel()), vals.shape[1])})
+
+    good, bad = tmp_path / "good.parquet", tmp_path / "nan.parquet"
+    pq.write_table(table(np.arange(8).reshape(4, 2)), good)
+    pq.write_table(table([[0, 1], [np.nan, 2], [3, 4], [5, 6]]), bad)
+    truth = tmp_path / "t.truth.npz"
+    np.savez(truth, tumour=np.array([[1, 0], [0, 0]], bool), cell_px=np.int64(16))
+    specs = [BagSpec("good", 1, "1", [str(good)], 4, tile_extent=16.0, truth_uri=truth.as_uri()),
+             BagSpec("nan", 0, "0", [str(bad)], 4), BagSpec("gone", 0, "0", [str(tmp_path / "missing.parquet")], 4)]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("wsiscale.mil.bags").addHandler(handler)
+    try:
+        store = BagStore(specs)
+        bag = store.get(0)
+        assert bag.feats.shape == (4, 2) and bag.instance_labels.tolist() == [1, 0, 0, 0]
+        assert store.get(1) is None and store.get(2) is None
+    finally:
+        logging.getLogger("wsiscale.mil.bags").removeHandler(handler)
+    text = " ".join(r.getMessage() for r in records)
+    assert "slide nan" in text and "NaN" in text and "slide gone" in text and "missing.parquet" in text
