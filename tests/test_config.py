@@ -81,12 +81,12 @@ def test_saved_config_to_s3(s3_bucket):
     assert fsspec  # s3fs-backed write went through the same endpoint
 
 
-@pytest.mark.parametrize("name", ["demo", "tile", "embed", "index", "pretrain"])
+@pytest.mark.parametrize("name", ["demo", "tile", "embed", "index", "pretrain", "train_mil"])
 def test_job_configs_load(name):
     """Every shipped jobs/configs/*.yaml is a valid config (a typo there would fail a submitted job)."""
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "jobs" / "configs" / f"{name}.yaml"
-    assert sorted(p.stem for p in path.parent.glob("*.yaml")) == ["demo", "embed", "index", "pretrain", "tile"]
+    assert sorted(p.stem for p in path.parent.glob("*.yaml")) == ["demo", "embed", "index", "pretrain", "tile", "train_mil"]
     cfg = load_config(str(path))
     assert isinstance(cfg, WsiscaleConfig)
