@@ -110,3 +110,9 @@ def write_bytes_atomic(uri: str, data: bytes, storage: "StorageConfig | None" = 
         return
     fs, path = filesystem(uri, storage)
     fs.pipe_file(path, data)
+
+
+def ray_storage_path(uri: str) -> str:
+    """Ray Train's ``RunConfig(storage_path=...)`` for an output URI: a plain path when local, the URI otherwise."""
+    uri = normalize_uri(uri)
+    return str(local_path(uri)) if is_local(uri) else uri

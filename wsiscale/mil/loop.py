@@ -297,8 +297,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_progress(config.get("progress_uri"), {"step": f * mil.epochs + epoch + 1, "epoch": epoch,
                                "total_steps": len(folds) * mil.epochs, "loss": val_loss, "lr": mil.lr},
                                config.get("storage"))
-            if val_loss < best_loss - 1e-6:
-                best, best_loss, best_epoch, bad = _cpu_state(model), val_loss, epoch + 1, 0
+            monitor = val_loss if np.isfinite(val_loss) else record["train_loss"]  # no validation slide: train loss
+            if monitor < best_loss - 1e-6:
+                best, best_loss, best_epoch, bad = _cpu_state(model), monitor, epoch + 1, 0
             else:
                 bad += 1
             if bad >= mil.patience and epoch + 1 >= mil.min_epochs:

@@ -21,15 +21,10 @@ from typing import Any
 import numpy as np
 
 from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import is_local, join_uri, local_path, normalize_uri
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage_path
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
-
-
-def _storage_path(out: str) -> str:
-    uri = normalize_uri(out)
-    return str(local_path(uri)) if is_local(uri) else uri
 
 
 def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict[str, Any]:
@@ -50,7 +45,7 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=mil.use_gpu,
                                       resources_per_worker={"CPU": mil.cpus_per_worker}
                                       | ({"GPU": 1} if mil.use_gpu else {}))
-    run_config = ray.train.RunConfig(name="train", storage_path=_storage_path(out),
+    run_config = ray.train.RunConfig(name="train", storage_path=ray_storage_path(out),
                                      failure_config=ray.train.FailureConfig(max_failures=mil.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(out, "progress.json")
@@ -71,7 +66,7 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     extra = {"slides": len(specs), "positive_slides": positives, "dim": dim, "embeddings": embeddings,
              "labels": labels, "folds_split": [{k: [specs[i].slide_id for i in v] for k, v in f.items()} for f in folds]}
     if mil.heatmaps:
-        extra["heatmaps"] = draw_heatmaps(cfg, out, specs, folds, results)
+        extra["heatmaps"] = draw_heatmaps(cfg, out, specs, folds)
     doc = write_results(out, mil.method, results, extra, cfg.storage)
     save_config(cfg, out, cfg.storage)
     return doc
@@ -88,8 +83,7 @@ def _final_results(result: Any) -> list[dict[str, Any]]:
             return json.load(fh)["results"]
 
 
-def _heatmap_slides(specs: list, folds: list[dict[str, list[int]]], results: list[dict[str, Any]], per_fold: int
-                    ) -> list[tuple[int, int]]:
+def _heatmap_slides(specs: list, folds: list[dict[str, list[int]]], per_fold: int) -> list[tuple[int, int]]:
     """``(fold, bag index)`` of the slides to draw: each fold's positive test slides first, then negatives."""
     chosen = []
     for f, fold in enumerate(folds):
@@ -98,12 +92,11 @@ def _heatmap_slides(specs: list, folds: list[dict[str, list[int]]], results: lis
     return chosen
 
 
-def draw_heatmaps(cfg: WsiscaleConfig, out: str, specs: list, folds: list[dict[str, list[int]]],
-                  results: list[dict[str, Any]]) -> list[str]:
+def draw_heatmaps(cfg: WsiscaleConfig, out: str, specs: list, folds: list[dict[str, list[int]]]) -> list[str]:
     """Draw ``mil.heatmaps`` test slides per fold as ``<out>/heatmaps/<slide>.png`` (Ray tasks); returns the URIs."""
     import ray
 
-    chosen = [(f, specs[i]) for f, i in _heatmap_slides(specs, folds, results, cfg.mil.heatmaps)
+    chosen = [(f, specs[i]) for f, i in _heatmap_slides(specs, folds, cfg.mil.heatmaps)
               if specs[i].slide_uri and specs[i].tile_extent]
     if not chosen:
         log.warning("no heatmaps: the labels table has no slide uri/mpp for the test slides")

@@ -25,18 +25,12 @@ import os
 from typing import Any
 
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
-from wsiscale.io.uri import is_local, join_uri, local_path, normalize_uri
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage_path
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
 
 READ_TASK_CPUS = 0.5  # CPUs per Ray Data task reading region embeddings (wsiscale.pretrain.data)
-
-
-def _storage_path(out: str) -> str:
-    """Ray Train's ``storage_path``: a plain path for local outputs, the URI otherwise."""
-    uri = normalize_uri(out)
-    return str(local_path(uri)) if is_local(uri) else uri
 
 
 def _inputs(cfg: WsiscaleConfig, source: str, targets: str) -> tuple[list, list[str], list[int], Any]:
@@ -95,7 +89,7 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
                                       resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}))
     run_config = ray.train.RunConfig(
-        name="pretrain", storage_path=_storage_path(out),
+        name="pretrain", storage_path=ray_storage_path(out),
         failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(normalize_uri(out), "pretrain", "progress.json")
