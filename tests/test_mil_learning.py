@@ -4,7 +4,9 @@
 in 1-10 % of their tissue, the same tissue mix for both labels, instance labels from the tumour
 masks. 5-fold cross-validation by slide through ``run_mil`` on a real local Ray, mean +- std over
 folds. WENO's student must rank tumour tiles better than ABMIL's attention ranks them, by at least
-0.03 AUC, and every method must learn the bag label.
+0.03 AUC, and every method must learn the bag label. This test runs seed 0 (margin +0.22); seeds 1-3
+give +0.15, +0.01 and +0.13, and WENO's bag AUC is not yet on par with ABMIL's on every seed (see
+docs/benchmarks.md): the issue's bag-AUC criterion is not asserted.
 
 The cohort's settings (narrow model, Adam, 40 epochs) keep it at CI size; the student loss uses a
 negative weight of 0.5 (``mil.student_negative_weight``) instead of WENO's 0.1, because on this
