@@ -128,6 +128,11 @@ def bag_specs(cfg: Any, embeddings: str, labels: str) -> tuple[list[BagSpec], in
     return specs, int(dim)
 
 
+def _nbytes(bag: Bag | None) -> int:
+    """Memory a cached bag holds: features plus three int64 arrays (x, y, instance labels at most)."""
+    return 0 if bag is None else bag.feats.nbytes + bag.xs.nbytes * 3
+
+
 class BagStore:
     """Reads bags on demand (a worker's view of the run), keeping up to ``cache_gb`` of them in memory."""
 
@@ -151,10 +156,10 @@ class BagStore:
 
     def put(self, i: int, bag: Bag | None) -> None:
         """Keep bag ``i`` in memory (evicting the least recently used bags beyond the capacity)."""
-        size = 0 if bag is None else bag.feats.nbytes + bag.xs.nbytes * 3
+        size = _nbytes(bag)
         while self._cache and self._bytes + size > self.capacity:
             _, old = self._cache.popitem(last=False)
-            self._bytes -= 0 if old is None else old.feats.nbytes + old.xs.nbytes * 3
+            self._bytes -= _nbytes(old)
         self._cache[i] = bag
         self._bytes += size
 

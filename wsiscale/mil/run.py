@@ -101,8 +101,16 @@ def draw_heatmaps(cfg: WsiscaleConfig, out: str, specs: list, folds: list[dict[s
     if not chosen:
         log.warning("no heatmaps: the labels table has no slide uri/mpp for the test slides")
         return []
+    import pyarrow.compute as pc
+
+    from wsiscale.data.shards import read_parquet
+
+    tables = {f: read_parquet(join_uri(out, "instances", f"fold-{f}.parquet"), cfg.storage)
+              for f in sorted({f for f, _ in chosen})}  # each fold's instances read once, not once per slide
     task = ray.remote(num_cpus=0.5)(_draw_one)
-    refs = [task.remote(out, f, dataclasses.asdict(spec), cfg.mil.method, cfg.storage) for f, spec in chosen]
+    refs = [task.remote(out, f, dataclasses.asdict(spec), tables[f].filter(pc.equal(tables[f]["slide_id"],
+                                                                                     spec.slide_id)),
+                        cfg.mil.method, cfg.storage) for f, spec in chosen]
     uris = []
     for (f, spec), ref in zip(chosen, refs):
         try:
@@ -112,14 +120,12 @@ def draw_heatmaps(cfg: WsiscaleConfig, out: str, specs: list, folds: list[dict[s
     return uris
 
 
-def _draw_one(out: str, fold: int, spec: dict[str, Any], method: str, storage: Any) -> str:
+def _draw_one(out: str, fold: int, spec: dict[str, Any], rows: Any, method: str, storage: Any) -> str:
+    """Draw one test slide from its rows of ``instances/fold-K.parquet`` (``rows``)."""
     import wsiscale  # noqa: F401  (cuCIM before torch in a fresh worker)
-    from wsiscale.data.shards import read_parquet
-    from wsiscale.mil.heatmap import heatmap_png, slide_thumbnail, write_heatmap
     from wsiscale.io.uri import join_uri as _join
+    from wsiscale.mil.heatmap import heatmap_png, slide_thumbnail, write_heatmap
 
-    table = read_parquet(_join(out, "instances", f"fold-{fold}.parquet"), storage)
-    rows = table.filter(np.asarray(table.column("slide_id").to_pylist()) == spec["slide_id"])
     xs, ys = rows.column("x").to_numpy(), rows.column("y").to_numpy()
     score = rows.column("score").to_numpy().astype(np.float64)
     if method == "weno":
