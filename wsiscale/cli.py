@@ -308,6 +308,56 @@ def _train_mil(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_gigassl_train(doc: dict) -> None:
+    """A finished ``wsiscale gigassl train`` run: slides, steps and the loss curve's ends."""
+    h = doc["history"]
+    console.print(f"Giga-SSL on {doc['slides']} slides: {doc['steps']} steps, NT-Xent {h[0]['loss']:.3f} -> "
+                  f"{h[-1]['loss']:.3f} (collapse {h[-1]['collapse']:.3f})" if h else "Giga-SSL: nothing trained",
+                  highlight=False)
+
+
+def print_gigassl_embed(summary: dict) -> None:
+    """Slide vectors written by ``wsiscale gigassl embed``: size per slide and compression ratio."""
+    ratio = f", {summary['compression_ratio']:,.0f}x smaller than the slides" if summary["compression_ratio"] else ""
+    console.print(f"{summary['slides']} slide vectors ({summary['dim']}-d) -> [bold]{summary['vectors']}[/bold]: "
+                  f"{summary['bytes_per_slide']:,.0f} bytes per slide{ratio}"
+                  + (f"; {len(summary['failures'])} slides left out" if summary["failures"] else ""), highlight=False)
+
+
+def gigassl_paths(cfg: WsiscaleConfig, embeddings: str | None, out: str | None) -> tuple[str, str]:
+    """``(embeddings, model directory)`` of the ``gigassl`` commands, defaulting to runs under ``cfg.output``."""
+    from wsiscale.io.uri import join_uri
+
+    return embeddings or join_uri(cfg.output, "embeddings"), out or join_uri(cfg.output, "gigassl")
+
+
+def _gigassl_train(args: argparse.Namespace) -> int:
+    from wsiscale.demo import ray_session
+    from wsiscale.gigassl.run import train_gigassl
+
+    cfg = _load(args)
+    embeddings, out = gigassl_paths(cfg, args.embeddings, args.out)
+    with ray_session(cfg):
+        doc = train_gigassl(cfg, embeddings, out)
+    print_gigassl_train(doc)
+    return 0
+
+
+def _gigassl_embed(args: argparse.Namespace) -> int:
+    from wsiscale.demo import ray_session
+    from wsiscale.gigassl.run import embed_gigassl
+    from wsiscale.io.uri import join_uri
+
+    cfg = _load(args)
+    embeddings, model = gigassl_paths(cfg, args.embeddings, args.model)
+    with ray_session(cfg):
+        summary = embed_gigassl(cfg, embeddings, model, args.out or join_uri(model, "vectors"))
+    print_gigassl_embed(summary)
+    if args.json:
+        sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "failures"}) + "\n")
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from wsiscale.index.stages import run_cluster
 
@@ -433,6 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _common(p)
     p.set_defaults(func=_train_mil)
+
+    p = sub.add_parser("gigassl", help="Giga-SSL slide-level self-supervised learning (SparseConvMIL + SimCLR)")
+    gsub = p.add_subparsers(dest="gigassl_command", required=True)
+    t = gsub.add_parser("train", help="train the slide encoder on augmented tile embeddings "
+                                      "(`wsiscale embed --set embed.augmentations=25`) on Ray Train")
+    t.add_argument("--embeddings", help="augmented tiles-mode embedding run (default: <output>/embeddings)")
+    t.add_argument("--out", help="model directory (default: <output>/gigassl); rerun to resume")
+    _common(t)
+    t.set_defaults(func=_gigassl_train)
+    e = gsub.add_parser("embed", help="one vector per slide (Parquet) from a trained Giga-SSL model")
+    e.add_argument("--embeddings", help="tiles-mode embedding run (default: <output>/embeddings)")
+    e.add_argument("--model", help="`gigassl train` output directory (default: <output>/gigassl)")
+    e.add_argument("--out", help="output directory (default: <model>/vectors)")
+    e.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    _common(e)
+    e.set_defaults(func=_gigassl_embed)
 
     p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
     p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")

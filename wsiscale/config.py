@@ -187,6 +187,8 @@ class EmbedConfig(_Section):
     reader_cpus: float = Field(1.0, gt=0, description="CPUs per reader actor")
     memory_gb_per_actor: float = Field(2.0, gt=0, description="Ray memory reservation per encoder and reader actor")
     hdf5: bool = Field(False, description="also write <run>/h5/<slide_id>.h5 (CLAM/TRIDENT layout: features, coords)")
+    augmentations: int = Field(0, ge=0, description="Giga-SSL: also embed every tile under this many slide-shared "
+                               "augmentations (N_aug; <slide>/augmented.parquet, float16); tiles mode only")
     seed: int = 0
 class IndexConfig(_Section):
     """FAISS actor pool: k-means and retrieval."""
@@ -318,16 +320,34 @@ class MilConfig(_Section):
 
 
 class GigaSSLConfig(_Section):
-    """Giga-SSL slide-level SSL (trislaz/gigassl defaults)."""
+    """Giga-SSL slide-level SSL: SparseConvMIL + SimCLR on augmented tile embeddings (trislaz/gigassl defaults)."""
 
-    n_augmentations: int = Field(25, ge=1)
-    tiles_per_view: int = Field(16, ge=1)
-    embed_dim: int = 512
-    projection_dim: int = 256
-    temperature: float = 0.05
-    batch_size: int = 256
-    lr: float = 0.03
-    epochs: int = 1000
+    tiles_per_view: int = Field(5, ge=1, description="tiles drawn (with replacement) per view (gigassl: nb_tiles 5)")
+    flip: bool = Field(True, description="view jitter: random flip of each grid axis (gigassl --flip)")
+    rotate: bool = Field(True, description="view jitter: random rotation of the tile positions (gigassl --rot)")
+    scale: bool = Field(True, description="view jitter: random scale of each axis in [0.7, 1.3] (gigassl --scale)")
+    embed_dim: int = Field(512, ge=2, description="slide representation width: the sparse ResNet stage's channels")
+    blocks: int = Field(2, ge=1, description="sparse BasicBlocks (ResNet-18 layer4: 2)")
+    projection_dim: int = Field(256, ge=2, description="SimCLR projection output")
+    init_weights: str | None = Field(None, description="local torchvision ResNet-18 state dict whose layer4 "
+                                     "initialises the sparse stage (gigassl: ImageNet); None = Kaiming init")
+    temperature: float = Field(0.05, gt=0, description="NT-Xent temperature")
+    batch_size: int = Field(256, ge=2, description="slides per step over all workers (each gives 2 views)")
+    lr: float = Field(0.03, gt=0, description="Adam base lr, scaled by batch_size / 256")
+    min_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(10, ge=0, description="linear lr warm-up, then cosine to min_lr")
+    epochs: int = Field(1000, ge=1, description="passes over the slides (gigassl: 3000)")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints (and at the end)")
+    embed_views: int = Field(20, ge=1, description="wsiscale gigassl embed: views averaged per slide "
+                             "(gigassl inference's ensemble)")
+    embed_tiles: int | None = Field(None, ge=0, description="tiles per embedding view: None = tiles_per_view, "
+                                    "0 = every tile of the slide in one view")
+    num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(3, ge=-1)
+    seed: int = 0
 
 
 class FiveConfig(_Section):

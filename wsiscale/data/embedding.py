@@ -53,7 +53,7 @@ EMBED_SLIDE_COLUMNS = {
     "slide_id": pa.string(), "name": pa.string(), "uri": pa.string(), "tiles": pa.int64(), "regions": pa.int64(),
     "dim": pa.int32(), "encoder": pa.string(), "dtype": pa.string(), "mode": pa.string(), "mpp": pa.float64(),
     "tile_size": pa.int32(), "seconds": pa.float64(), "finished_at": pa.string(), "shards": pa.string(),
-    "h5": pa.string(),
+    "h5": pa.string(), "augmented": pa.string(), "augmentations": pa.int32(),
 }
 
 
@@ -254,6 +254,10 @@ def finalize_slide(state: RunState, cfg: WsiscaleConfig, slide_id: str, uri: str
     final = join_uri(state.slide_dir(name), "embeddings.parquet")
     write_bytes_atomic(final, parquet_bytes(out), state.storage)
     record["shards"] = [{"path": state.relative(final), "rows": out.num_rows, "bytes": None}]
+    if cfg.embed.augmentations and cfg.embed.mode == "tiles":
+        aug_uri = join_uri(state.slide_dir(name), "augmented.parquet")
+        write_bytes_atomic(aug_uri, augmented_bytes(merged, cfg.embed.augmentations, dim), state.storage)
+        record.update(augmented=state.relative(aug_uri), augmentations=cfg.embed.augmentations)
     if cfg.embed.hdf5 and cfg.embed.mode == "tiles":
         h5 = join_uri(state.uri, "h5", f"{name}.h5")
         write_bytes_atomic(h5, _h5_bytes(out, cfg), state.storage)
@@ -279,6 +283,30 @@ def _tile_table(slide_id: str, merged: pa.Table | None, dim: int, emb_type: pa.D
         x, y = merged.column("x"), merged.column("y")
     return pa.table({"slide_id": pa.array([slide_id] * n, pa.string()), "x": x, "y": y, "embedding": emb},
                     metadata={b"wsiscale.format": b"embeddings/1"})
+
+
+def augmented_bytes(merged: pa.Table | None, n_aug: int, dim: int) -> bytes:
+    """Giga-SSL's augmented embeddings of one slide as Parquet: row group ``k`` holds augmentation ``k``.
+
+    Rows are augmentation-major (``n_aug * n`` rows of ``embedding [D]`` float16, tile order as in
+    ``embeddings.parquet``), one row group per augmentation, so a training view reads one row group
+    (``n * D * 2`` bytes) and never the whole ``[n_aug, n, D]`` block.
+    """
+    import pyarrow.parquet as pq
+
+    n = merged.num_rows if merged is not None else 0
+    if n:
+        flat = merged.column("augmented").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        block = flat.reshape(n, n_aug, dim).transpose(1, 0, 2)  # [n_aug, n, D]
+    else:
+        block = np.zeros((n_aug, 0, dim), np.float16)
+    values = pa.array(np.ascontiguousarray(block, dtype=np.float16).ravel())
+    table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(values, dim)},
+                     metadata={b"wsiscale.format": b"augmented-embeddings/1",
+                               b"wsiscale.augmentations": str(n_aug).encode(), b"wsiscale.tiles": str(n).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=max(n, 1))
+    return sink.getvalue().to_pybytes()
 
 
 def _region_table(slide_id: str, merged: pa.Table | None, dim: int, grid: int, emb_type: pa.DataType) -> pa.Table:
@@ -340,6 +368,15 @@ class EmbedUDF:
         bs = self.cfg.embed.batch_size
         return np.concatenate([self.encoder.embed(images[i: i + bs]).numpy() for i in range(0, len(images), bs)])
 
+    def _augmented(self, images: np.ndarray, slide_id: str) -> pa.Array:
+        """``[n, N_aug * D]`` float16: the tiles embedded under each slide-shared augmentation (Giga-SSL)."""
+        from wsiscale.data.augment import augment_tiles, augmentation_rng
+
+        e = self.cfg.embed
+        embs = [self._embed(augment_tiles(images, augmentation_rng(e.seed, slide_id, k))) for k in range(e.augmentations)]
+        block = np.stack(embs, 1).astype(np.float16)  # [n, N_aug, D]
+        return pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), block.shape[1] * block.shape[2])
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"slide_id": [], "lo": [], "hi": [], "slide_tiles": [], "finalized": []}
         ids = np.asarray(batch["slide_id"]).astype(str)
@@ -351,13 +388,16 @@ class EmbedUDF:
             breaks = np.flatnonzero(np.diff(idx) != 1) + 1
             for run in np.split(rows, breaks):
                 lo, hi = int(batch["tile_index"][run[0]]), int(batch["tile_index"][run[-1]]) + 1
-                emb = self._embed(np.asarray(batch["image"][run]))
+                images = np.asarray(batch["image"][run])
+                emb = self._embed(images)
                 dim = emb.shape[1]
                 table = pa.table({
                     "tile_index": pa.array(batch["tile_index"][run], pa.int32()),
                     "x": pa.array(batch["x"][run], pa.int64()), "y": pa.array(batch["y"][run], pa.int64()),
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), dim),
                 })
+                if self.cfg.embed.augmentations:
+                    table = table.append_column("augmented", self._augmented(images, slide_id))
                 name = safe_name(slide_id)
                 part = join_uri(_parts_dir(self.state, name), f"part-{lo:09d}-{hi:09d}-of-{n:09d}.parquet")
                 write_bytes_atomic(part, parquet_bytes(table), self.state.storage)
@@ -373,7 +413,7 @@ class EmbedUDF:
 
 #: Settings that change what a completed slide's embeddings are: a run directory keeps one value of each.
 EMBED_OUTPUT_SETTINGS = ("tiling", "tissue", "embed.encoder", "embed.weights", "embed.mode", "embed.region_size",
-                         "embed.region_grid", "embed.dtype", "embed.precision", "embed.source")
+                         "embed.region_grid", "embed.dtype", "embed.precision", "embed.source", "embed.augmentations")
 
 
 def _inputs(cfg: WsiscaleConfig, source: str | None, manifest: str | None) -> tuple[pa.Table, str]:
@@ -421,6 +461,8 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
 
     spec = get_spec(cfg.embed.encoder)
     source = source or cfg.embed.source
+    if cfg.embed.augmentations and cfg.embed.mode == "regions":
+        raise ConfigError("embed.augmentations (Giga-SSL) needs embed.mode=tiles: regions are SLPD's input")
     if source and cfg.embed.mode == "regions":
         raise ConfigError("embed.mode=regions reads each region's patch grid from the slides: give a manifest "
                           "(no embed.source / --source); a tiling run's tiles are not grouped into regions")

@@ -348,11 +348,16 @@ def _check_same_settings(state: RunState, cfg: WsiscaleConfig, keys: tuple[str, 
     if not state.completed():
         return
     current = cfg.model_dump(mode="json")
+    defaults = type(cfg)().model_dump(mode="json")
     changed = []
     for key in keys:
-        a, b = saved, current
+        a, b, d = saved, current, defaults
+        missing = False
         for part in key.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
+            missing = missing or part not in (a or {})
+            a, b, d = (a or {}).get(part), (b or {}).get(part), (d or {}).get(part)
+        if missing and b == d:  # a setting newer than the saved config, left at its default
+            continue
         if a != b:
             changed.append(f"{key}: {a!r} -> {b!r}")
     if changed:

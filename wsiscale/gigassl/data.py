@@ -1,0 +1,169 @@
+"""Giga-SSL training data: an embedding run's augmented tile embeddings as a Ray Dataset of view pairs.
+
+``wsiscale embed --set embed.augmentations=N`` writes, per slide,
+``embeddings.parquet`` (``x, y, embedding``) and ``augmented.parquet`` (row
+group ``k`` = the slide's tiles under augmentation ``k``, float16). Each epoch
+a Ray Data task per block of slides reads, for every slide, two random row
+groups and draws one view from each (:mod:`wsiscale.gigassl.views`); the
+rows - ``slide``, ``tiles_a/b [T, D]``, ``rows_a/b``, ``cols_a/b [T]`` -
+reach the training workers through ``get_dataset_shard``. A read touches
+``2 T``-tile views' row groups only, never the archive on the driver.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """One slide of an augmented embedding run."""
+
+    slide: int  # index in the run's slides.parquet order
+    slide_id: str
+    embeddings: str  # URI of embeddings.parquet (x, y, un-augmented embedding)
+    augmented: str  # URI of augmented.parquet (row group k = augmentation k)
+    tiles: int
+    augmentations: int
+
+
+def gigassl_slides(run: str, storage: Any = None) -> tuple[list[SlideEntry], int]:
+    """The completed slides of an augmented tiles-mode embedding run and the embedding dimension."""
+    from wsiscale.config import ConfigError
+    from wsiscale.data.run_state import RunState
+
+    state = RunState(run, storage, data_dir="embeddings")
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed --set "
+                                "embed.augmentations=25` first (Giga-SSL trains on augmented tile embeddings)")
+    rows = slides.to_pylist()
+    if rows and rows[0].get("mode") == "regions":
+        raise ConfigError(f"{state.uri} is a regions-mode run; Giga-SSL needs tile embeddings (embed.mode=tiles)")
+    entries, dims = [], set()
+    missing = []
+    for r in rows:
+        if not r.get("tiles"):
+            continue
+        if not r.get("augmented"):
+            missing.append(r["slide_id"])
+            continue
+        shards = json.loads(r["shards"])
+        entries.append(SlideEntry(len(entries), r["slide_id"], state.absolute(shards[0]["path"]),
+                                  state.absolute(r["augmented"]), int(r["tiles"]), int(r["augmentations"])))
+        dims.add(int(r["dim"]))
+    if missing:
+        raise ConfigError(f"{state.uri}: {len(missing)} slides (e.g. {missing[0]}) have no augmented embeddings: "
+                          "embed the run with embed.augmentations > 0 (a new run directory)")
+    if not entries:
+        raise ConfigError(f"{state.uri} holds no slide with tiles")
+    if len(dims) != 1:
+        raise ConfigError(f"{state.uri} mixes embedding dimensions {sorted(dims)}")
+    return entries, dims.pop()
+
+
+def embedding_entries(run: str, storage: Any = None) -> list[dict[str, Any]]:
+    """``[{slide_id, embeddings, source}]`` of a tiles-mode run's slides with tiles (augmented or not)."""
+    from wsiscale.data.run_state import RunState
+
+    state = RunState(run, storage, data_dir="embeddings")
+    slides = state.read_table("slides.parquet")
+    if slides is None:
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: give a `wsiscale embed` run directory")
+    out = []
+    for r in slides.to_pylist():
+        if r.get("mode") == "regions":
+            from wsiscale.config import ConfigError
+
+            raise ConfigError(f"{state.uri} is a regions-mode run; Giga-SSL needs tile embeddings")
+        if r.get("tiles"):
+            out.append({"slide_id": r["slide_id"], "embeddings": state.absolute(json.loads(r["shards"])[0]["path"]),
+                        "source": r.get("uri")})
+    if not out:
+        raise ValueError(f"{state.uri} holds no slide with tiles")
+    return out
+
+
+def read_positions(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` lattice positions of a slide's tiles (from ``embeddings.parquet``'s corners)."""
+    from wsiscale.data.shards import read_parquet
+    from wsiscale.gigassl.views import grid_positions
+
+    t = read_parquet(uri, storage, ["x", "y"])
+    return grid_positions(t.column("x").to_numpy(), t.column("y").to_numpy())
+
+
+def read_tile_embeddings(uri: str, storage: Any = None) -> np.ndarray:
+    """A slide's un-augmented tile embeddings ``[n, D]`` float32."""
+    from wsiscale.data.shards import read_parquet
+
+    t = read_parquet(uri, storage, ["embedding"])
+    col = t.column("embedding").combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+
+
+def read_augmentation(uri: str, k: int, storage: Any = None) -> np.ndarray:
+    """Augmentation ``k`` of a slide, ``[n, D]`` float32: one row group of ``augmented.parquet``."""
+    import pyarrow.parquet as pq
+
+    from wsiscale.io.uri import filesystem, is_local, local_path
+
+    if is_local(uri):
+        f = pq.ParquetFile(local_path(uri))
+        t = f.read_row_group(int(k))
+    else:
+        fs, path = filesystem(uri, storage)
+        with fs.open(path, "rb") as fh:
+            t = pq.ParquetFile(fh).read_row_group(int(k))
+    col = t.column("embedding").combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+
+
+def _view(entry: dict[str, Any], rows: np.ndarray, cols: np.ndarray, g: Any, rng: np.random.Generator,
+          storage: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from wsiscale.gigassl.views import jitter_positions, sample_view
+
+    k, idx = sample_view(int(entry["tiles"]), g.tiles_per_view, int(entry["augmentations"]), rng)
+    feats = read_augmentation(entry["augmented"], k, storage)[idx]
+    r, c = jitter_positions(rows[idx], cols[idx], rng, g.flip, g.rotate, g.scale)
+    return feats, r, c
+
+
+def _read_pairs(batch: dict[str, np.ndarray], gigassl: dict[str, Any], storage: Any) -> dict[str, np.ndarray]:
+    from wsiscale.config import GigaSSLConfig
+
+    g = GigaSSLConfig.model_validate(gigassl)
+    rng = np.random.default_rng()  # fresh views every epoch (the dataset is re-executed per epoch)
+    out: dict[str, list] = {k: [] for k in ("slide", "tiles_a", "rows_a", "cols_a", "tiles_b", "rows_b", "cols_b")}
+    for i in range(len(batch["slide"])):
+        entry = {k: batch[k][i] for k in batch}
+        rows, cols = read_positions(str(entry["embeddings"]), storage)
+        for tag in ("a", "b"):
+            feats, r, c = _view(entry, rows, cols, g, rng, storage)
+            out[f"tiles_{tag}"].append(feats)
+            out[f"rows_{tag}"].append(r)
+            out[f"cols_{tag}"].append(c)
+        out["slide"].append(int(entry["slide"]))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def pair_dataset(entries: list[SlideEntry], g: Any, storage: Any = None, slides_per_task: int = 8):
+    """A Ray Dataset with one row of two views per slide (re-drawn each time it is iterated).
+
+    Blocks of ``slides_per_task`` slides are visited in a random order every epoch; the training
+    workers shuffle rows further in a local buffer (a global all-to-all shuffle of the slide list
+    would cost more than the epoch itself on small cohorts).
+    """
+    import ray
+
+    items = [asdict(e) for e in entries]
+    blocks = max(1, len(items) // max(1, slides_per_task))
+    ds = ray.data.from_items(items, override_num_blocks=blocks).randomize_block_order()  # + a local shuffle buffer
+    from wsiscale.pretrain.run import READ_TASK_CPUS
+
+    return ds.map_batches(_read_pairs, batch_size=slides_per_task, num_cpus=READ_TASK_CPUS,
+                          fn_kwargs={"gigassl": g.model_dump(mode="json"), "storage": storage})
