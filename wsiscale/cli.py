@@ -1,5 +1,5 @@
 """``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
-``retrieve``, ``cluster``, ``pretrain``, ``train-mil``, ``demo``, ``config``.
+``retrieve``, ``cluster``, ``pretrain``, ``train-mil``, ``eval linear-probe``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -358,6 +358,71 @@ def _gigassl_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_linear_probe(doc: dict) -> None:
+    """The AUC table of ``wsiscale eval linear-probe`` / ``jobs/eval_linear_probe.py``."""
+    from wsiscale.eval.linear_probe import summary_rows
+
+    t = Table(title=f"linear probe: {doc['slides']} slides {doc['class_counts']}, {doc['dim']}-d ({doc['source']})")
+    for col in ("protocol", "train", "test", "runs", "AUC"):
+        t.add_column(col, justify="left" if col == "protocol" else "right")
+    for r in summary_rows(doc):
+        auc = "skipped" if r["auc_mean"] is None else f"{r['auc_mean']:.3f} +- {r['auc_std']:.3f}"
+        t.add_row(r["protocol"], r["train"], r["test"], str(r["runs"]), auc)
+    console.print(t)
+    if doc.get("out"):
+        console.print(f"results -> [bold]{doc['out']}[/bold]/linear_probe.json, linear_probe.md", highlight=False)
+
+
+def linear_probe_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``eval linear-probe`` (shared with ``jobs/eval_linear_probe.py``); each overrides ``eval.*``."""
+    p.add_argument("--vectors", help="slide-vector Parquet (slide_id + a vector column), or a tiles-mode embedding "
+                                     "run to mean-pool (default: <output>/gigassl/vectors/slide_vectors.parquet)")
+    p.add_argument("--labels", help="labels: manifest, CSV or Parquet with slide_id and the label column "
+                                    "(default: <output>/manifest.parquet)")
+    p.add_argument("--out", help="results directory (default: <output>/linear-probe)")
+    p.add_argument("--column", help="vector column (default: eval.vector_column, 'embedding')")
+    p.add_argument("--label-column", help="label column (default: eval.label_column, 'label')")
+    p.add_argument("--positive-labels", nargs="+", metavar="LABEL", help="labels counted positive (binarises)")
+    p.add_argument("--c", type=float, help="logistic regression C (default: eval.probe_c, 10)")
+    p.add_argument("--folds", type=int, help="k of the k-fold (default: eval.probe_folds, 5)")
+    p.add_argument("--repeats", type=int, help="k-fold repetitions, 0 skips k-fold (default: eval.probe_repeats)")
+    p.add_argument("--train-sizes", type=int, nargs="*", metavar="N",
+                   help="small-data train sizes; none given skips it (default: eval.probe_train_sizes, 50)")
+    p.add_argument("--draws", type=int, help="small-data draws per train size (default: eval.probe_draws, 100)")
+    p.add_argument("--seed", type=int, help="default: eval.seed")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+
+
+def linear_probe_inputs(cfg: WsiscaleConfig, args: argparse.Namespace) -> tuple[str, str, str]:
+    """Apply the ``eval linear-probe`` options to ``cfg.eval``; ``(vectors, labels, out)``."""
+    from wsiscale.eval.linear_probe import probe_paths
+
+    from pydantic import ValidationError
+
+    for key, value in (("vector_column", args.column), ("label_column", args.label_column),
+                       ("positive_labels", args.positive_labels), ("probe_c", args.c), ("probe_folds", args.folds),
+                       ("probe_repeats", args.repeats), ("probe_train_sizes", args.train_sizes),
+                       ("probe_draws", args.draws), ("seed", args.seed)):
+        if value is not None:
+            try:
+                setattr(cfg.eval, key, value)
+            except ValidationError as exc:
+                raise ConfigError(f"eval.{key}={value!r}: {exc.errors()[0]['msg']}") from exc
+    return probe_paths(cfg, args.vectors, args.labels, args.out)
+
+
+def _eval_linear_probe(args: argparse.Namespace) -> int:
+    from wsiscale.eval.linear_probe import run_linear_probe
+
+    cfg = _load(args)
+    doc = run_linear_probe(cfg, *linear_probe_inputs(cfg, args))  # ConfigError, FileNotFoundError: exit 2 (main)
+    if args.json:
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    else:
+        print_linear_probe(doc)
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from wsiscale.index.stages import run_cluster
 
@@ -499,6 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _common(e)
     e.set_defaults(func=_gigassl_embed)
+
+    p = sub.add_parser("eval", help="evaluate slide-level representations")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+    lp = esub.add_parser("linear-probe", help="logistic-regression probe of slide vectors (or mean-pooled tile "
+                                              "embeddings): repeated k-fold and few-label draws (Giga-SSL)")
+    linear_probe_arguments(lp)
+    _common(lp)
+    lp.set_defaults(func=_eval_linear_probe)
 
     p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
     p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")

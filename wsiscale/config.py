@@ -366,9 +366,30 @@ class FiveConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Evaluation of slide-level representations; ``probe_*``: ``wsiscale eval linear-probe`` (Giga-SSL protocol)."""
+
     folds: int = Field(10, ge=2)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds the probe's folds and draws (and other evaluations)")
     retrieval_k: int = Field(5, ge=1)
+    vector_column: str = Field("embedding", description="slide-vector table column holding the vectors (a list "
+                               "column); absent: every numeric column but slide_id")
+    label_column: str = Field("label", description="labels table column with each slide's class")
+    positive_labels: list[str] = Field(default_factory=list, description="labels counted positive (binarises the "
+                                       "label column); empty: two labels are binary, more are multi-class")
+    probe_c: float = Field(10.0, gt=0, description="inverse L2 strength of the logistic regression (Giga-SSL: 10)")
+    probe_folds: int = Field(5, ge=2, description="stratified k-fold by slide (Giga-SSL: 5); lowered to the "
+                             "smallest class's size when that is smaller")
+    probe_repeats: int = Field(10, ge=0, description="k-fold repetitions with different shuffles; 0 skips k-fold")
+    probe_train_sizes: list[int] = Field(default_factory=lambda: [50], description="small-data regime: labelled "
+                                         "training slides per draw; [] skips it")
+    probe_draws: int = Field(100, ge=1, description="small-data regime: random stratified draws per train size")
+
+    @field_validator("probe_train_sizes")
+    @classmethod
+    def _sizes_positive(cls, value: list[int]) -> list[int]:
+        if any(n < 4 for n in value):
+            raise ValueError(f"train sizes must be at least 4 (2 slides per class), got {value}")
+        return value
 
 
 class WsiscaleConfig(_Section):

@@ -70,12 +70,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/7 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/8 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/7 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/8 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -88,7 +88,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/7 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        console.print(f"3/8 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
         from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
@@ -98,15 +98,20 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             cfg.embed.weights = "random"
             console.print(f"   (no embed.weights given: {cfg.embed.encoder} with a seeded random initialisation; "
                           "point embed.weights at a local checkpoint for real features)")
-        console.print(f"4/7 embedding tiles with {cfg.embed.encoder} on an encoder actor pool -> {out / 'embeddings'}")
+        if "augmentations" not in cfg.embed.model_fields_set:
+            cfg.embed.augmentations = DEMO_AUGMENTATIONS  # Giga-SSL (stage 8) trains on augmented embeddings
+        console.print(f"4/8 embedding tiles with {cfg.embed.encoder} on an encoder actor pool (and under "
+                      f"{cfg.embed.augmentations} slide-shared augmentations) -> {out / 'embeddings'}")
         embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
-        console.print(f"5/7 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
+        console.print(f"5/8 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
                       f"{out / 'slide-index'}")
         index = _index_stage(cfg, out)
-        console.print(f"6/7 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
+        console.print(f"6/8 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
         pretrain = _pretrain_stage(cfg, out, manifest)
-        console.print(f"7/7 WENO (MIL) tumour-vs-normal classification with heatmaps on Ray Train -> {out / 'mil-weno'}")
+        console.print(f"7/8 WENO (MIL) tumour-vs-normal classification with heatmaps on Ray Train -> {out / 'mil-weno'}")
         mil = _mil_stage(cfg, out, manifest)
+        console.print(f"8/8 Giga-SSL slide representations (SparseConvMIL + SimCLR) on Ray Train -> {out / 'gigassl'}")
+        gigassl = _gigassl_stage(cfg, out)
     finally:
         if started:
             ray.shutdown()
@@ -142,11 +147,21 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         from wsiscale.cli import print_mil_result
 
         print_mil_result(mil)
+    if gigassl is not None:
+        from wsiscale.cli import print_gigassl_embed, print_gigassl_train
+
+        print_gigassl_train(gigassl["train"])
+        print_gigassl_embed(gigassl["embed"])
     summary = out / "summary.json"
     summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
                                    "pretrain": pretrain,
                                    "mil": None if mil is None else {k: mil.get(k) for k in ("method", "summary", "slides",
                                                                                         "heatmaps")},
+                                   "gigassl": None if gigassl is None else {
+                                       "final_loss": gigassl["train"]["final_loss"],
+                                       "steps": gigassl["train"]["steps"],
+                                       **{k: gigassl["embed"][k] for k in ("vectors", "bytes_per_slide",
+                                                                            "compression_ratio")}},
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
@@ -157,7 +172,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
         f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
         f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
-        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, config in {out / 'wsiscale.config.yaml'}"
+        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, Giga-SSL slide vectors in {out / 'gigassl' / 'vectors'}, config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1
 
@@ -227,6 +242,33 @@ def _mil_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict | None:
                       "slides; generate more with --slides)")
         return None
     return run_mil(cfg, str(out / "embeddings"), str(manifest), str(out / "mil-weno"))
+
+
+#: Demo-sized Giga-SSL: augmentations per tile in stage 4, and ``gigassl.*`` defaults (user settings win).
+DEMO_AUGMENTATIONS = 2
+DEMO_GIGASSL = {"embed_dim": 64, "projection_dim": 32, "tiles_per_view": 8, "epochs": 10, "warmup_epochs": 1,
+                "checkpoint_every": 5, "embed_views": 8, "num_workers": (1, 1), "cpus_per_worker": 1.0}
+
+
+def _gigassl_stage(cfg: WsiscaleConfig, out: Path) -> dict | None:
+    """Giga-SSL on the demo's augmented tile embeddings (every slide one batch), then one vector per slide."""
+    from wsiscale.data.run_state import RunState
+    from wsiscale.gigassl.run import embed_gigassl, train_gigassl
+
+    user = cfg.gigassl.model_fields_set
+    for key, value in DEMO_GIGASSL.items():
+        if key not in user:
+            setattr(cfg.gigassl, key, value)
+    slides = RunState(str(out / "embeddings"), cfg.storage, data_dir="embeddings").read_table("slides.parquet")
+    n = sum(1 for t in slides.column("tiles").to_pylist() if t)
+    if "batch_size" not in user:
+        cfg.gigassl.batch_size = n
+    if n < 2 or not cfg.embed.augmentations:
+        console.print("   (skipped: Giga-SSL needs 2 slides with tiles and embed.augmentations > 0)")
+        return None
+    train = train_gigassl(cfg, str(out / "embeddings"), str(out / "gigassl"))
+    embed = embed_gigassl(cfg, str(out / "embeddings"), str(out / "gigassl"), str(out / "gigassl" / "vectors"))
+    return {"train": train, "embed": embed}
 
 
 def _print_index_stage(index: dict, labels: dict[str, str]) -> None:

@@ -50,6 +50,7 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
     run_config = ray.train.RunConfig(name="train", storage_path=ray_storage_path(out),
                                      failure_config=ray.train.FailureConfig(max_failures=g.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    _warn_if_no_cpu_left_for_reads(hi * g.cpus_per_worker)
     progress_uri = join_uri(out, "progress.json")
     save_config(cfg, out, cfg.storage)
     trainer = TorchTrainer(
@@ -68,6 +69,19 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
         raise RuntimeError("Giga-SSL training ended without a checkpoint")
     doc = _export(result.checkpoint, out, embeddings, len(entries), cfg)
     return doc
+
+
+def _warn_if_no_cpu_left_for_reads(train_cpus: float) -> None:
+    """Ray Data's view reads need CPUs besides the training workers': say so before the run waits forever."""
+    import ray
+
+    from wsiscale.pretrain.run import READ_TASK_CPUS
+
+    total = float(ray.cluster_resources().get("CPU", 0))
+    if total - train_cpus < READ_TASK_CPUS:
+        log.warning("the training workers reserve %.1f of the cluster's %.1f CPUs and Ray Data's view reads need "
+                    "%.1f more: unless the autoscaler adds nodes, training will wait for data forever. Lower "
+                    "gigassl.cpus_per_worker or gigassl.num_workers", train_cpus, total, READ_TASK_CPUS)
 
 
 def _export(checkpoint: Any, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:
