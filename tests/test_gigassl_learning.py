@@ -6,7 +6,8 @@ labelled slides (slow tier, ~3 minutes on 2 cores).
 stain shift in a 12-d subspace, and 8 slide-shared augmentations in that subspace. Giga-SSL trains on
 all 120 slides without labels (2 Ray Train workers, 80 epochs, views of 32 tiles); then 50 random draws
 of 50 labelled slides (25 per class) train a logistic regression (C = 10, balanced), tested on the other
-70 slides. Measured on seeds 0-3 with the same settings (docs/benchmarks.md): Giga-SSL 0.943, 0.844,
+70 slides, through ``run_linear_probe`` (``wsiscale eval linear-probe``) on the vectors and on the
+embedding run itself (mean-pooled). Measured on seeds 0-3 with the same settings (docs/benchmarks.md): Giga-SSL 0.943, 0.844,
 0.958, 0.943 against mean pooling 0.875, 0.798, 0.907, 0.888 (margins +0.05 to +0.07); this test runs
 seed 0 through the Ray pipeline and asserts a margin of at least 0.03 and that training, not the
 architecture, makes the difference (the untrained encoder's vectors score below mean pooling).
@@ -21,24 +22,13 @@ import pytest
 from gigassl_cohort import GigaSSLCohortSpec, write_gigassl_cohort
 
 
-def small_data_auc(x: np.ndarray, y: np.ndarray, n: int = 50, draws: int = 50) -> tuple[float, float]:
-    from wsiscale.eval.probe import linear_probe
-
-    aucs = []
-    for d in range(draws):
-        rng = np.random.default_rng(d)
-        train = np.concatenate([rng.choice(np.flatnonzero(y == c), n // 2, replace=False) for c in (0, 1)])
-        test = np.setdiff1d(np.arange(len(y)), train)
-        aucs.append(linear_probe(x[train], y[train], x[test], y[test], c=10.0)["auc"])
-    return float(np.mean(aucs)), float(np.std(aucs))
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_gigassl_vectors_beat_mean_pooling_with_50_labelled_slides(tmp_path):
     import torch
 
     from wsiscale.config import WsiscaleConfig
+    from wsiscale.eval.linear_probe import run_linear_probe, small_data_probe
     from wsiscale.gigassl.data import embedding_entries, read_positions, read_tile_embeddings
     from wsiscale.gigassl.model import build_gigassl_model
     from wsiscale.gigassl.run import embed_gigassl, slide_vector, train_gigassl
@@ -53,19 +43,29 @@ def test_gigassl_vectors_beat_mean_pooling_with_50_labelled_slides(tmp_path):
     assert last < 0.5 * first, (first, last)
     embed_gigassl(cfg, run, str(tmp_path / "ssl"), str(tmp_path / "vectors"))
 
-    label = {r["slide_id"]: r["label"] for r in pq.read_table(labels).to_pylist()}
-    table = pq.read_table(tmp_path / "vectors" / "slide_vectors.parquet")
-    ids = table.column("slide_id").to_pylist()
-    y = np.array([int(label[i] == 2) for i in ids])
-    ssl = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    # the user's path: `wsiscale eval linear-probe` on the slide vectors and on the embedding run (mean-pooled)
+    cfg.eval.probe_train_sizes, cfg.eval.probe_draws, cfg.eval.probe_repeats = [50], 50, 2
+    ssl = run_linear_probe(cfg, str(tmp_path / "vectors" / "slide_vectors.parquet"), labels, str(tmp_path / "p1"))
+    mean = run_linear_probe(cfg, run, labels, str(tmp_path / "p2"))
+    assert ssl["slides"] == mean["slides"] == 120 and ssl["dim"] == 128 and mean["dim"] == 32
+    # the untrained encoder (same architecture and views): does training make the difference?
     entries = {e["slide_id"]: e for e in embedding_entries(run)}
-    feats = [read_tile_embeddings(entries[i]["embeddings"]) for i in ids]
-    mean = np.stack([f.mean(0) for f in feats])
+    ids = ssl["slide_ids"]
     torch.manual_seed(g.seed)
-    untrained = build_gigassl_model(g, mean.shape[1]).eval()
-    rand = np.stack([slide_vector(untrained, f, *read_positions(entries[i]["embeddings"]), g.embed_views,
-                                  g.tiles_per_view, np.random.default_rng(k)) for k, (i, f) in enumerate(zip(ids, feats))])
-    ssl_auc, mean_auc, rand_auc = small_data_auc(ssl, y), small_data_auc(mean, y), small_data_auc(rand, y)
-    msg = f"Giga-SSL {ssl_auc}, mean pooling {mean_auc}, untrained encoder {rand_auc}"
+    untrained = build_gigassl_model(g, 32).eval()
+    rand = np.stack([slide_vector(untrained, read_tile_embeddings(entries[i]["embeddings"]),
+                                  *read_positions(entries[i]["embeddings"]), g.embed_views, g.tiles_per_view,
+                                  np.random.default_rng(k)) for k, i in enumerate(ids)])
+    label = {r["slide_id"]: r["label"] for r in pq.read_table(labels).to_pylist()}
+    y = np.array([int(label[i] == 2) for i in ids])
+    rand_small = small_data_probe(rand, y, [50], 50, cfg.eval.probe_c, cfg.eval.seed)
+
+    def auc(doc):
+        return doc["sizes"][0]["auc_mean"], doc["sizes"][0]["auc_std"]
+
+    ssl_auc, mean_auc, rand_auc = auc(ssl["small_data"]), auc(mean["small_data"]), auc(rand_small)
+    msg = (f"50 labelled slides: Giga-SSL {ssl_auc}, mean pooling {mean_auc}, untrained encoder {rand_auc}; "
+           f"5-fold: Giga-SSL {ssl['kfold']['auc_mean']:.3f}, mean pooling {mean['kfold']['auc_mean']:.3f}")
+    print(msg)
     assert ssl_auc[0] >= mean_auc[0] + 0.03, msg
     assert rand_auc[0] < mean_auc[0], msg

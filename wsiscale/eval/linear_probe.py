@@ -371,7 +371,8 @@ def run_linear_probe(cfg: "WsiscaleConfig", vectors: str, labels: str, out: str 
            "eval.positive_labels (--positive-labels) to merge classes")
     if len(slide_ids) < 4 or (counts > 0).sum() < 2:
         raise ConfigError(f"{len(slide_ids)} slides of {vectors} are labelled in {labels}, with classes "
-                          f"{dict(zip(classes, counts.tolist()))}: a probe needs at least 4 slides and 2 classes; {fix}")
+                          f"{dict(zip(classes, counts.tolist()))}: a probe needs at least 4 slides and 2 classes; "
+                          f"{fix}")
     if counts.min() < 2:
         rare = [k for k, n in zip(classes, counts) if n < 2]
         raise ConfigError(f"classes {rare} have fewer than 2 labelled slides in {labels} (class sizes "
@@ -411,7 +412,8 @@ def _finite(obj: Any) -> Any:
 
 
 def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per protocol (k-fold, each small-data train size): ``{protocol, train, test, runs, auc_mean, auc_std}``."""
+    """One row per protocol (k-fold, each small-data train size): ``{protocol, train, test, runs, auc_mean,
+    auc_std}`` (plus ``note`` for a skipped train size)."""
     rows = []
     k = doc.get("kfold")
     if k and k.get("results"):
