@@ -1,5 +1,6 @@
-"""Giga-SSL's slide encoder on whole slides: sparse convolutions against dense ones, same weights, same run.
+"""Giga-SSL benchmarks: the sparse slide encoder against a dense one, and learning against mean pooling.
 
+``sparse`` - the slide encoder on whole slides, sparse against dense convolutions, same weights, same run.
 For slides of growing size (tiles spread over a tissue layout of the synthetic
 generator on a grid ``side x side`` cells, tissue ~45 % of the area), time the
 SparseConvMIL representation of the whole slide (every tile in one view,
@@ -9,7 +10,14 @@ same weights, restricted to the active sites). Prints tiles, seconds, the
 largest difference between the two (they compute the same function) and the
 process's peak RSS, and the ratio dense / sparse.
 
-    python benchmarks/gigassl.py [--dim 256] [--sides 64,128,256,362] [--threads 2]
+    python benchmarks/gigassl.py sparse [--dim 256] [--sides 64,128,256,362] [--threads 2]
+
+``learning`` - the slow test's protocol (tests/test_gigassl_learning.py) over several seeds, through
+the Ray pipeline: ``train_gigassl`` (2 workers) and ``embed_gigassl`` on the cohort of
+``tests/gigassl_cohort.py``, then ``run_linear_probe`` with 50 labelled slides (50 draws) and 5-fold
+on the slide vectors and on the mean-pooled tile embeddings; prints one row per seed and the margins.
+
+    python benchmarks/gigassl.py learning [--seeds 0,1,2,3] [--epochs 80]
 """
 
 from __future__ import annotations
@@ -70,17 +78,72 @@ def dense_forward(model, feats, rows, cols, side: int):
     return x.sum((2, 3)) / active.sum()
 
 
+def learning(args: argparse.Namespace) -> None:
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import ray
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from gigassl_cohort import GigaSSLCohortSpec, write_gigassl_cohort
+
+    from wsiscale.config import WsiscaleConfig
+    from wsiscale.eval.linear_probe import run_linear_probe
+    from wsiscale.gigassl.run import embed_gigassl, train_gigassl
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    print("| seed | Giga-SSL, 50 labelled | mean pooling, 50 labelled | margin | Giga-SSL 5-fold | mean pooling 5-fold "
+          "| train s | NT-Xent first -> last |")
+    print("|---|---|---|---|---|---|---|---|")
+    margins = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            run, labels = write_gigassl_cohort(root, GigaSSLCohortSpec(slides_per_label=60), seed=seed)
+            cfg = WsiscaleConfig()
+            g = cfg.gigassl
+            g.batch_size, g.epochs, g.tiles_per_view, g.embed_dim, g.projection_dim = 40, args.epochs, 32, 128, 64
+            g.checkpoint_every, g.num_workers, g.cpus_per_worker = args.epochs, (2, 2), 0.5
+            cfg.eval.probe_train_sizes, cfg.eval.probe_draws, cfg.eval.probe_repeats = [50], 50, 2
+            t0 = time.perf_counter()
+            doc = train_gigassl(cfg, run, str(root / "ssl"))
+            seconds = time.perf_counter() - t0
+            embed_gigassl(cfg, run, str(root / "ssl"), str(root / "vectors"))
+            ssl = run_linear_probe(cfg, str(root / "vectors" / "slide_vectors.parquet"), labels, None)
+            mean = run_linear_probe(cfg, run, labels, None)
+        a, b = ssl["small_data"]["sizes"][0], mean["small_data"]["sizes"][0]
+        margins.append(a["auc_mean"] - b["auc_mean"])
+        h = doc["history"]
+        print(f"| {seed} | {a['auc_mean']:.3f} +- {a['auc_std']:.3f} | {b['auc_mean']:.3f} +- {b['auc_std']:.3f} | "
+              f"{margins[-1]:+.3f} | {ssl['kfold']['auc_mean']:.3f} | {mean['kfold']['auc_mean']:.3f} | {seconds:.0f} | "
+              f"{h[0]['loss']:.2f} -> {h[-1]['loss']:.2f} |", flush=True)
+    print(f"mean margin {sum(margins) / len(margins):+.3f}, smallest {min(margins):+.3f}")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    sp = sub.add_parser("sparse", help="sparse vs dense slide encoder on whole slides")
+    sp.add_argument("--dim", type=int, default=256, help="tile embedding dim (ResNet-18 layer3: 256)")
+    sp.add_argument("--sides", default="64,128,256,362", help="slide sides in tiles (362^2 * 0.45 ~ 6e4 tiles)")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--dense-max-side", type=int, default=256, help="skip the dense baseline above this side")
+    lp = sub.add_parser("learning", help="Giga-SSL vs mean pooling, 50 labelled slides, several seeds")
+    lp.add_argument("--seeds", default="0,1,2,3")
+    lp.add_argument("--epochs", type=int, default=80)
+    args = ap.parse_args()
+    if args.what == "learning":
+        learning(args)
+    else:
+        sparse(args)
+
+
+def sparse(args: argparse.Namespace) -> None:
     import torch
 
     from wsiscale.gigassl.model import GigaSSLModel
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dim", type=int, default=256, help="tile embedding dim (ResNet-18 layer3: 256)")
-    ap.add_argument("--sides", default="64,128,256,362", help="slide sides in tiles (362^2 * 0.45 ~ 6e4 tiles)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dense-max-side", type=int, default=256, help="skip the dense baseline above this side")
-    args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GigaSSLModel(args.dim).eval()

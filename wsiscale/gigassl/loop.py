@@ -17,15 +17,13 @@ and at the end; a restarted or resubmitted run resumes from it.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.gigassl.losses import distributed_nt_xent
 from wsiscale.gigassl.model import GigaSSLModel, build_gigassl_model
 from wsiscale.progress import write_progress
@@ -73,10 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
-            with open(os.path.join(d, "meta.json")) as fh:
-                meta = json.load(fh)
+        state, meta = read_checkpoint(ckpt, device)
         model.load_state_dict(state["model"])
         if int(state["world"]) == world:
             opt.load_state_dict(state["optimizer"])
@@ -130,15 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, slides: int, model: GigaSSLModel,
                             opt: torch.optim.Optimizer, g: Any, config: dict[str, Any],
                             history: list[dict[str, Any]]) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": metrics["step"],
-                        "slides": slides, "world": world}, os.path.join(d, "state.pt"))
-            with open(os.path.join(d, "meta.json"), "w") as fh:
-                json.dump({"gigassl": g.model_dump(mode="json"), "dim": config["dim"], "metrics": metrics,
-                           "history": history}, fh)
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    state = meta = None
+    if rank == 0:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": metrics["step"],
+                 "slides": slides, "world": world}
+        meta = {"gigassl": g.model_dump(mode="json"), "dim": config["dim"], "metrics": metrics, "history": history}
+    report_checkpoint(metrics, rank, state, meta)

@@ -85,15 +85,11 @@ def _warn_if_no_cpu_left_for_reads(train_cpus: float) -> None:
 
 
 def _export(checkpoint: Any, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:
-    import os
-
-    import torch
     from safetensors.torch import save
 
-    with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-        with open(os.path.join(d, "meta.json")) as fh:
-            meta = json.load(fh)
+    from wsiscale.checkpoints import read_checkpoint
+
+    state, meta = read_checkpoint(checkpoint)
     write_bytes_atomic(join_uri(out, MODEL_FILE), save({k: v.contiguous() for k, v in state["model"].items()}),
                        cfg.storage)
     doc = {"embeddings": embeddings, "slides": n_slides, "dim": meta["dim"], "gigassl": meta["gigassl"],

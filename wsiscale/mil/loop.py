@@ -32,9 +32,6 @@ the finished folds' results: a restarted worker group resumes where it was.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 import zlib
 from typing import Any
@@ -43,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.mil.bags import BagSpec, BagStore
 from wsiscale.mil.losses import bag_loss, global_range, hard_positive_keep, pseudo_labels, student_loss
 from wsiscale.models.mil import MILModel, build_mil_model
@@ -257,10 +255,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     results: list[dict[str, Any]] = []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-            with open(os.path.join(d, "meta.json")) as fh:
-                meta = json.load(fh)
+        resume, meta = read_checkpoint(ckpt)
         results = meta["results"]
         resume |= {"history": meta["history"], "best_epoch": meta["best_epoch"]}
     start_fold = int(resume.get("fold", 0))
@@ -335,14 +330,4 @@ def _auc(labels: list[int], scores: list[float]) -> float:
 
 
 def _report(metrics: dict[str, Any], rank: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            torch.save(state, os.path.join(d, "state.pt"))
-            with open(os.path.join(d, "meta.json"), "w") as fh:
-                json.dump(meta, fh)
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
+    report_checkpoint(metrics, rank, state, meta)

@@ -73,14 +73,11 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
 
 
 def _final_results(result: Any) -> list[dict[str, Any]]:
-    import json
-    import os
+    from wsiscale.checkpoints import read_checkpoint
 
     if result.checkpoint is None:
         raise RuntimeError("MIL training ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, "meta.json")) as fh:
-            return json.load(fh)["results"]
+    return read_checkpoint(result.checkpoint)[1]["results"]
 
 
 def _heatmap_slides(specs: list, folds: list[dict[str, list[int]]], per_fold: int) -> list[tuple[int, int]]:

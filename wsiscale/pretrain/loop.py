@@ -26,9 +26,6 @@ not steps).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -36,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.pretrain.augment import grid_multicrop
 from wsiscale.pretrain.heads import DINOHead
 from wsiscale.pretrain.losses import DINOLoss
@@ -279,10 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     evaluations: list[dict[str, float]] = []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
-            with open(os.path.join(d, "meta.json")) as fh:
-                meta = json.load(fh)
+        state, meta = read_checkpoint(ckpt, device)
         module.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino.load_state_dict(state["dino_loss"])
@@ -387,18 +382,12 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, item
                             scaler: Any, p: Any,
                             config: dict[str, Any], history: list[dict[str, float]],
                             evaluations: list[dict[str, float]]) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"student": module.state_dict(), "teacher": teacher.state_dict(),
-                        **{k: v.state_dict() for k, v in losses.items()}, "optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else {},
-                        "step": metrics["step"],
-                        "items": items, "world": world}, os.path.join(d, "state.pt"))
-            with open(os.path.join(d, "meta.json"), "w") as fh:
-                json.dump({"pretrain": p.model_dump(mode="json"), "shape": config["shape"], "metrics": metrics,
-                           "history": history, "evaluations": evaluations}, fh)
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    state = meta = None
+    if rank == 0:
+        state = {"student": module.state_dict(), "teacher": teacher.state_dict(),
+                 **{k: v.state_dict() for k, v in losses.items()}, "optimizer": opt.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "step": metrics["step"],
+                 "items": items, "world": world}
+        meta = {"pretrain": p.model_dump(mode="json"), "shape": config["shape"], "metrics": metrics,
+                "history": history, "evaluations": evaluations}
+    report_checkpoint(metrics, rank, state, meta)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
@@ -153,15 +152,12 @@ def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
     ``load_encoder("<out>")``) embeds tiles with it. Region level: ``region_vit.safetensors``
     and the region ViT's sizes (:func:`wsiscale.pretrain.region_vit.load_region_encoder`).
     """
-    import torch
     from safetensors.torch import save
 
+    from wsiscale.checkpoints import read_checkpoint
     from wsiscale.io.uri import write_bytes_atomic
 
-    with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-        with open(os.path.join(d, "meta.json")) as fh:
-            meta = json.load(fh)
+    state, meta = read_checkpoint(checkpoint)
     backbone = {k[len("backbone."):]: v.contiguous() for k, v in state["teacher"].items() if k.startswith("backbone.")}
     p = cfg.pretrain
     common = {"method": p.method, "step": state["step"], "source": "wsiscale pretrain (DINO teacher backbone)"}
