@@ -12,7 +12,7 @@ plus the two things tile-level augmentation is about in real archives:
   of a tile is its embedding plus ``a_k`` plus a little per-tile noise.
 
 :func:`write_gigassl_cohort` writes the run with the project's writers (``embeddings.parquet`` and
-``augmented.parquet`` per slide, done records, ``slides.parquet``) and a labels table.
+``augmented/<slide>.parquet``, done records, ``slides.parquet``) and a labels table.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def write_gigassl_cohort(root: Path, spec: GigaSSLCohortSpec, seed: int) -> tupl
     import pyarrow.parquet as pq
 
     from wsiscale.config import WsiscaleConfig
-    from wsiscale.data.embedding import _tile_table, augmented_bytes, embed_state
+    from wsiscale.data.embedding import _tile_table, augmented_bytes, augmented_uri, embed_state
     from wsiscale.data.run_state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
@@ -98,7 +98,7 @@ def write_gigassl_cohort(root: Path, spec: GigaSSLCohortSpec, seed: int) -> tupl
         sink = pa.BufferOutputStream()
         pq.write_table(_tile_table(sid, merged, d, pa.float16()), sink)
         write_bytes_atomic(emb_uri, sink.getvalue().to_pybytes())
-        aug_uri = join_uri(state.slide_dir(name), "augmented.parquet")
+        aug_uri = augmented_uri(state, name)
         write_bytes_atomic(aug_uri, augmented_bytes(merged, spec.augmentations, d))
         state.write_done(name, {"status": "done", "slide_id": sid, "name": name, "tiles": len(classes), "dim": d,
                                 "mode": "tiles", "mpp": spec.mpp, "tile_size": spec.cell_px, "encoder": "synthetic",

@@ -24,8 +24,8 @@ def _cfg(workers=1, epochs=6):
 
     cfg = WsiscaleConfig()
     g = cfg.gigassl
-    g.batch_size, g.epochs, g.checkpoint_every, g.warmup_epochs = 8, epochs, 2, 1
-    g.embed_dim, g.projection_dim, g.tiles_per_view, g.embed_views = 32, 16, 8, 4
+    g.batch_size, g.epochs, g.checkpoint_every, g.warmup_epochs, g.lr = 12, epochs, 5, 2, 0.1
+    g.embed_dim, g.projection_dim, g.tiles_per_view, g.embed_views = 32, 16, 16, 4
     g.num_workers, g.cpus_per_worker = (workers, workers), 0.5
     return cfg
 
@@ -63,7 +63,7 @@ def test_slide_shared_augmentation_is_deterministic_and_per_slide():
 
 @pytest.mark.usefixtures("ray_local")
 def test_augmented_embeddings_equal_the_encoder_on_augmented_tiles(cohort, tmp_path):
-    """embed.augmentations=2 on a real tiling run: row group k of augmented.parquet holds every tile embedded
+    """embed.augmentations=2 on a real tiling run: row group k of augmented/<slide>.parquet holds every tile embedded
     under the slide's augmentation k (several chunks per slide share it), float16."""
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.augment import augment_tiles, augmentation_rng
@@ -121,17 +121,17 @@ def test_training_survives_a_killed_worker_resumes_and_embeds(ssl_cohort, tmp_pa
     out = tmp_path / "ssl"
     killed: list[int] = []
     thread = kill_a_train_worker_after_the_first_checkpoint(out / "train" / "checkpoint_manager_snapshot.json", killed)
-    doc = train_gigassl(_cfg(workers=2, epochs=8), run, str(out))
+    doc = train_gigassl(_cfg(workers=2, epochs=20), run, str(out))
     thread.join(5)
     assert killed, "no training worker was killed"
-    spe = 24 // 8
-    assert [h["epoch"] for h in doc["history"]] == list(range(8)) and doc["steps"] == 8 * spe
-    assert [h["step"] for h in doc["history"]] == [spe * (i + 1) for i in range(8)]
-    losses = [h["loss"] for h in doc["history"]]
-    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
-    again = train_gigassl(_cfg(workers=2, epochs=10), run, str(out))
-    assert [h["epoch"] for h in again["history"]] == list(range(10))
-    assert again["history"][:8] == doc["history"]  # resumed from the checkpoint, not retrained
+    spe = 24 // 12
+    assert [h["epoch"] for h in doc["history"]] == list(range(20)) and doc["steps"] == 20 * spe
+    assert [h["step"] for h in doc["history"]] == [spe * (i + 1) for i in range(20)]
+    losses = [h["loss"] for h in doc["history"]]  # NT-Xent of 12-slide batches is noisy: compare 5-epoch means
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
+    again = train_gigassl(_cfg(workers=2, epochs=24), run, str(out))
+    assert [h["epoch"] for h in again["history"]] == list(range(24))
+    assert again["history"][:20] == doc["history"]  # resumed from the checkpoint, not retrained
     summary = embed_gigassl(_cfg(), run, str(out), str(out / "vectors"))
     vectors = pq.read_table(out / "vectors" / "slide_vectors.parquet")
     ids = sorted(r["slide_id"] for r in pq.read_table(labels).to_pylist())
@@ -149,7 +149,7 @@ def test_gigassl_job_and_bad_input(ssl_cohort, tmp_path):
 
     run, _ = ssl_cohort
     out = tmp_path / "job"
-    sets = ["--set", "gigassl.epochs=2", "--set", "gigassl.batch_size=8", "--set", "gigassl.embed_dim=16",
+    sets = ["--set", "gigassl.epochs=2", "--set", "gigassl.batch_size=8", "--set", "gigassl.warmup_epochs=1", "--set", "gigassl.embed_dim=16",
             "--set", "gigassl.projection_dim=8", "--set", "gigassl.cpus_per_worker=0.5", "--set", "ray.address=auto"]
     assert job.main(["--embeddings", run, "--out", str(out), *sets]) == 0
     assert (out / "model.safetensors").exists() and (out / "vectors" / "slide_vectors.parquet").exists()

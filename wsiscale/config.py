@@ -188,7 +188,7 @@ class EmbedConfig(_Section):
     memory_gb_per_actor: float = Field(2.0, gt=0, description="Ray memory reservation per encoder and reader actor")
     hdf5: bool = Field(False, description="also write <run>/h5/<slide_id>.h5 (CLAM/TRIDENT layout: features, coords)")
     augmentations: int = Field(0, ge=0, description="Giga-SSL: also embed every tile under this many slide-shared "
-                               "augmentations (N_aug; <slide>/augmented.parquet, float16); tiles mode only")
+                               "augmentations (N_aug; <run>/augmented/<slide>.parquet, float16); tiles mode only")
     seed: int = 0
 class IndexConfig(_Section):
     """FAISS actor pool: k-means and retrieval."""

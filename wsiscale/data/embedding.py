@@ -255,7 +255,7 @@ def finalize_slide(state: RunState, cfg: WsiscaleConfig, slide_id: str, uri: str
     write_bytes_atomic(final, parquet_bytes(out), state.storage)
     record["shards"] = [{"path": state.relative(final), "rows": out.num_rows, "bytes": None}]
     if cfg.embed.augmentations and cfg.embed.mode == "tiles":
-        aug_uri = join_uri(state.slide_dir(name), "augmented.parquet")
+        aug_uri = augmented_uri(state, name)
         write_bytes_atomic(aug_uri, augmented_bytes(merged, cfg.embed.augmentations, dim), state.storage)
         record.update(augmented=state.relative(aug_uri), augmentations=cfg.embed.augmentations)
     if cfg.embed.hdf5 and cfg.embed.mode == "tiles":
@@ -283,6 +283,12 @@ def _tile_table(slide_id: str, merged: pa.Table | None, dim: int, emb_type: pa.D
         x, y = merged.column("x"), merged.column("y")
     return pa.table({"slide_id": pa.array([slide_id] * n, pa.string()), "x": x, "y": y, "embedding": emb},
                     metadata={b"wsiscale.format": b"embeddings/1"})
+
+
+def augmented_uri(state: RunState, name: str) -> str:
+    """``<run>/augmented/<slide>.parquet``: beside, not inside, the run's ``embeddings/`` dataset, whose
+    directory globs (``pq.read_table(<run>/embeddings)``) must see tile embeddings only."""
+    return join_uri(state.uri, "augmented", f"{name}.parquet")
 
 
 def augmented_bytes(merged: pa.Table | None, n_aug: int, dim: int) -> bytes:

@@ -102,8 +102,6 @@ class RunState:
         """Mark a slide complete (atomic), then delete its stale files and failure record."""
         self._write("done", name, record)
         keep = {self.absolute(s["path"]) for s in record.get("shards", [])}
-        if record.get("augmented"):  # Giga-SSL's augmented tile embeddings beside the shards
-            keep.add(self.absolute(record["augmented"]))
         stale = [u for u in self.visible_files(name) if u not in keep]
         if stale:
             log.info("%s: removing %d files of earlier attempts", name, len(stale))

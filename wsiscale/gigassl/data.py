@@ -1,7 +1,7 @@
 """Giga-SSL training data: an embedding run's augmented tile embeddings as a Ray Dataset of view pairs.
 
 ``wsiscale embed --set embed.augmentations=N`` writes, per slide,
-``embeddings.parquet`` (``x, y, embedding``) and ``augmented.parquet`` (row
+``embeddings.parquet`` (``x, y, embedding``) and ``augmented/<slide>.parquet`` (row
 group ``k`` = the slide's tiles under augmentation ``k``, float16). Each epoch
 a Ray Data task per block of slides reads, for every slide, two random row
 groups and draws one view from each (:mod:`wsiscale.gigassl.views`); the
@@ -26,7 +26,7 @@ class SlideEntry:
     slide: int  # index in the run's slides.parquet order
     slide_id: str
     embeddings: str  # URI of embeddings.parquet (x, y, un-augmented embedding)
-    augmented: str  # URI of augmented.parquet (row group k = augmentation k)
+    augmented: str  # URI of <run>/augmented/<slide>.parquet (row group k = augmentation k)
     tiles: int
     augmentations: int
 
@@ -107,7 +107,7 @@ def read_tile_embeddings(uri: str, storage: Any = None) -> np.ndarray:
 
 
 def read_augmentation(uri: str, k: int, storage: Any = None) -> np.ndarray:
-    """Augmentation ``k`` of a slide, ``[n, D]`` float32: one row group of ``augmented.parquet``."""
+    """Augmentation ``k`` of a slide, ``[n, D]`` float32: one row group of its ``augmented/<slide>.parquet``."""
     import pyarrow.parquet as pq
 
     from wsiscale.io.uri import filesystem, is_local, local_path
