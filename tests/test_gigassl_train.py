@@ -157,6 +157,13 @@ def test_gigassl_job_and_bad_input(ssl_cohort, tmp_path):
     meta = json.loads((out / "gigassl.json").read_text())
     assert meta["slides"] == 24 and len(meta["history"]) == 2
     assert job.main(["--embeddings", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), *sets]) == 2
+    from wsiscale.config import ConfigError
+    from wsiscale.gigassl.run import train_gigassl
+
+    greedy = _cfg()  # on a fixed cluster: workers holding every CPU would wait for view reads forever
+    greedy.gigassl.cpus_per_worker = 2.0
+    with pytest.raises(ConfigError, match="gigassl.cpus_per_worker"):
+        train_gigassl(greedy, run, str(tmp_path / "greedy"))
     plain = tmp_path / "plain"  # the same run without augmented embeddings
     from wsiscale.data.run_state import RunState
 
@@ -169,3 +176,34 @@ def test_gigassl_job_and_bad_input(ssl_cohort, tmp_path):
     shutil.copytree(run.removeprefix("file://"), plain)
     pq.write_table(pa.Table.from_pylist(rows), plain / "slides.parquet")
     assert job.main(["--embeddings", str(plain), "--out", str(tmp_path / "y"), *sets]) == 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_training_and_embedding_on_s3(ssl_cohort, s3_bucket):
+    """The run on a real S3 endpoint (moto): Ray Data tasks read the augmented row groups from s3://, the
+    model, checkpoints and slide vectors are written there."""
+    from pathlib import Path
+
+    from wsiscale.gigassl.data import gigassl_slides, read_augmentation
+    from wsiscale.gigassl.run import embed_gigassl, train_gigassl
+
+    endpoint, bucket, client = s3_bucket
+    run, _ = ssl_cohort
+    local = Path(run.removeprefix("file://"))
+    for f in local.rglob("*"):
+        if f.is_file():
+            client.upload_file(str(f), bucket, f"run/{f.relative_to(local)}")
+    cfg = _cfg(epochs=2)
+    cfg.storage.endpoint_url = endpoint
+    remote = f"s3://{bucket}/run"
+    entries, _ = gigassl_slides(remote, cfg.storage)
+    local_entries, _ = gigassl_slides(run)
+    assert entries[3].augmented.startswith("s3://")
+    np.testing.assert_array_equal(read_augmentation(entries[3].augmented, 2, cfg.storage),
+                                  read_augmentation(local_entries[3].augmented, 2))
+    doc = train_gigassl(cfg, remote, f"s3://{bucket}/ssl")
+    assert len(doc["history"]) == 2
+    summary = embed_gigassl(cfg, remote, f"s3://{bucket}/ssl", f"s3://{bucket}/ssl/vectors")
+    assert summary["slides"] == 24
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="ssl/")["Contents"]}
+    assert {"ssl/model.safetensors", "ssl/gigassl.json", "ssl/vectors/slide_vectors.parquet"} <= keys

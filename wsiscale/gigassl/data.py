@@ -106,35 +106,38 @@ def read_tile_embeddings(uri: str, storage: Any = None) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
 
 
-def read_augmentation(uri: str, k: int, storage: Any = None) -> np.ndarray:
-    """Augmentation ``k`` of a slide, ``[n, D]`` float32: one row group of its ``augmented/<slide>.parquet``."""
+def read_augmentations(uri: str, ks: list[int], storage: Any = None) -> list[np.ndarray]:
+    """Augmentations ``ks`` of a slide, each ``[n, D]`` float32: row groups of ``augmented/<slide>.parquet``.
+
+    A local file is read row group by row group. A remote one is fetched once and parsed from memory
+    (pyarrow on a Python file object can abort the interpreter at exit: apache/arrow#33975).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from wsiscale.io.uri import filesystem, is_local, local_path
 
     if is_local(uri):
         f = pq.ParquetFile(local_path(uri))
-        t = f.read_row_group(int(k))
     else:
         fs, path = filesystem(uri, storage)
         with fs.open(path, "rb") as fh:
-            t = pq.ParquetFile(fh).read_row_group(int(k))
-    col = t.column("embedding").combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+            f = pq.ParquetFile(pa.BufferReader(fh.read()))
+    out = []
+    for k in ks:
+        col = f.read_row_group(int(k)).column("embedding").combine_chunks()
+        out.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1))
+    return out
 
 
-def _view(entry: dict[str, Any], rows: np.ndarray, cols: np.ndarray, g: Any, rng: np.random.Generator,
-          storage: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from wsiscale.gigassl.views import jitter_positions, sample_view
-
-    k, idx = sample_view(int(entry["tiles"]), g.tiles_per_view, int(entry["augmentations"]), rng)
-    feats = read_augmentation(entry["augmented"], k, storage)[idx]
-    r, c = jitter_positions(rows[idx], cols[idx], rng, g.flip, g.rotate, g.scale)
-    return feats, r, c
+def read_augmentation(uri: str, k: int, storage: Any = None) -> np.ndarray:
+    """Augmentation ``k`` of a slide, ``[n, D]`` float32 (:func:`read_augmentations`)."""
+    return read_augmentations(uri, [k], storage)[0]
 
 
 def _read_pairs(batch: dict[str, np.ndarray], gigassl: dict[str, Any], storage: Any) -> dict[str, np.ndarray]:
     from wsiscale.config import GigaSSLConfig
+    from wsiscale.gigassl.views import jitter_positions, sample_view
 
     g = GigaSSLConfig.model_validate(gigassl)
     rng = np.random.default_rng()  # fresh views every epoch (the dataset is re-executed per epoch)
@@ -142,9 +145,12 @@ def _read_pairs(batch: dict[str, np.ndarray], gigassl: dict[str, Any], storage: 
     for i in range(len(batch["slide"])):
         entry = {k: batch[k][i] for k in batch}
         rows, cols = read_positions(str(entry["embeddings"]), storage)
-        for tag in ("a", "b"):
-            feats, r, c = _view(entry, rows, cols, g, rng, storage)
-            out[f"tiles_{tag}"].append(feats)
+        views = [sample_view(int(entry["tiles"]), g.tiles_per_view, int(entry["augmentations"]), rng)
+                 for _ in range(2)]
+        feats = read_augmentations(str(entry["augmented"]), [k for k, _ in views], storage)
+        for tag, (_, idx), f in zip(("a", "b"), views, feats):
+            r, c = jitter_positions(rows[idx], cols[idx], rng, g.flip, g.rotate, g.scale)
+            out[f"tiles_{tag}"].append(f[idx])
             out[f"rows_{tag}"].append(r)
             out[f"cols_{tag}"].append(c)
         out["slide"].append(int(entry["slide"]))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage_path, write_bytes_atomic
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, write_bytes_atomic
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
 
     from wsiscale.gigassl.data import gigassl_slides, pair_dataset
     from wsiscale.gigassl.loop import train_loop_per_worker
+    from wsiscale.pretrain.run import check_data_cpus
 
     g = cfg.gigassl
     out = normalize_uri(out)
@@ -47,10 +48,10 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
     lo, hi = g.num_workers
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=g.use_gpu,
                                       resources_per_worker={"CPU": g.cpus_per_worker} | ({"GPU": 1} if g.use_gpu else {}))
-    run_config = ray.train.RunConfig(name="train", storage_path=ray_storage_path(out),
+    run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=g.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
-    _warn_if_no_cpu_left_for_reads(hi * g.cpus_per_worker)
+    check_data_cpus(cfg, hi, g.cpus_per_worker, "gigassl", "reading the views")
     progress_uri = join_uri(out, "progress.json")
     save_config(cfg, out, cfg.storage)
     trainer = TorchTrainer(
@@ -69,19 +70,6 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
         raise RuntimeError("Giga-SSL training ended without a checkpoint")
     doc = _export(result.checkpoint, out, embeddings, len(entries), cfg)
     return doc
-
-
-def _warn_if_no_cpu_left_for_reads(train_cpus: float) -> None:
-    """Ray Data's view reads need CPUs besides the training workers': say so before the run waits forever."""
-    import ray
-
-    from wsiscale.pretrain.run import READ_TASK_CPUS
-
-    total = float(ray.cluster_resources().get("CPU", 0))
-    if total - train_cpus < READ_TASK_CPUS:
-        log.warning("the training workers reserve %.1f of the cluster's %.1f CPUs and Ray Data's view reads need "
-                    "%.1f more: unless the autoscaler adds nodes, training will wait for data forever. Lower "
-                    "gigassl.cpus_per_worker or gigassl.num_workers", train_cpus, total, READ_TASK_CPUS)
 
 
 def _export(checkpoint: Any, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:

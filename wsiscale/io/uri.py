@@ -112,7 +112,29 @@ def write_bytes_atomic(uri: str, data: bytes, storage: "StorageConfig | None" = 
     fs.pipe_file(path, data)
 
 
-def ray_storage_path(uri: str) -> str:
-    """Ray Train's ``RunConfig(storage_path=...)`` for an output URI: a plain path when local, the URI otherwise."""
+def ray_storage(uri: str, storage: "StorageConfig | None" = None) -> dict[str, Any]:
+    """``RunConfig`` storage arguments (``storage_path`` and, if needed, ``storage_filesystem``) for an output URI.
+
+    Ray Train resolves an ``s3://`` path with pyarrow's defaults (AWS endpoints): with an S3-compatible
+    endpoint (``storage.endpoint_url``, MinIO, Ceph, moto), a region or anonymous access configured,
+    it gets a native ``pyarrow.fs.S3FileSystem`` built from the same settings and the ``bucket/key``
+    path. Credentials still come from the environment or the instance role.
+    """
     uri = normalize_uri(uri)
-    return str(local_path(uri)) if is_local(uri) else uri
+    if is_local(uri):
+        return {"storage_path": str(local_path(uri))}
+    parsed = urlparse(uri)
+    if parsed.scheme in {"s3", "s3a"} and storage is not None:
+        endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint or storage.region or storage.anon:
+            import pyarrow.fs as pafs
+
+            kwargs: dict[str, Any] = {"anonymous": bool(storage.anon)}
+            if storage.region:
+                kwargs["region"] = storage.region
+            if endpoint:
+                ep = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+                kwargs |= {"endpoint_override": ep.netloc, "scheme": ep.scheme or "https"}
+                kwargs.setdefault("region", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+            return {"storage_path": parsed.netloc + parsed.path, "storage_filesystem": pafs.S3FileSystem(**kwargs)}
+    return {"storage_path": uri}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage_path
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=mil.use_gpu,
                                       resources_per_worker={"CPU": mil.cpus_per_worker}
                                       | ({"GPU": 1} if mil.use_gpu else {}))
-    run_config = ray.train.RunConfig(name="train", storage_path=ray_storage_path(out),
+    run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=mil.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(out, "progress.json")

@@ -24,7 +24,7 @@ import logging
 from typing import Any
 
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage_path
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,11 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
         check_holdout(labels, p.eval_holdout, p.seed, p.eval_labels)
         evaluation = {"slides": slides.tolist(), "labels": labels.tolist(), "classes": names}
     lo, hi = p.num_workers
-    _check_data_cpus(cfg, hi)
+    check_data_cpus(cfg, hi)
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
                                       resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}))
     run_config = ray.train.RunConfig(
-        name="pretrain", storage_path=ray_storage_path(out),
+        name="pretrain", **ray_storage(out, cfg.storage),
         failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(normalize_uri(out), "pretrain", "progress.json")
@@ -124,7 +124,8 @@ def _data_config(preserve_order: bool) -> Any:
     return ray.train.DataConfig(execution_options=options)
 
 
-def _check_data_cpus(cfg: WsiscaleConfig, workers: int) -> None:
+def check_data_cpus(cfg: WsiscaleConfig, workers: int, cpus_per_worker: float | None = None,
+                    section: str = "pretrain", reading: str = "reading region embeddings") -> None:
     """Ray Data's read tasks need CPUs the training workers do not hold, or the run stalls forever.
 
     On a fixed (local) cluster this is an error; on a cluster joined by address the
@@ -133,12 +134,13 @@ def _check_data_cpus(cfg: WsiscaleConfig, workers: int) -> None:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    held = workers * cfg.pretrain.cpus_per_worker
+    per = cfg.pretrain.cpus_per_worker if cpus_per_worker is None else cpus_per_worker
+    held = workers * per
     if total - held >= READ_TASK_CPUS:
         return
     msg = (f"the {workers} training workers hold {held:g} of the cluster's {total:g} CPUs, leaving less than the "
-           f"{READ_TASK_CPUS:g} CPU that reading region embeddings needs: lower pretrain.cpus_per_worker or "
-           "pretrain.num_workers, or add CPUs")
+           f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {section}.cpus_per_worker or "
+           f"{section}.num_workers, or add CPUs")
     if cfg.ray.address is None:
         raise ConfigError(msg)
     log.warning("%s (waiting for the autoscaler to add CPUs)", msg)
