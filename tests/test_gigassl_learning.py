@@ -29,7 +29,7 @@ def test_gigassl_vectors_beat_mean_pooling_with_50_labelled_slides(tmp_path):
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.eval.linear_probe import run_linear_probe, small_data_probe
-    from wsiscale.gigassl.data import embedding_entries, read_positions, read_tile_embeddings
+    from wsiscale.gigassl.data import embedding_entries, read_tiles
     from wsiscale.gigassl.model import build_gigassl_model
     from wsiscale.gigassl.run import embed_gigassl, slide_vector, train_gigassl
 
@@ -53,8 +53,7 @@ def test_gigassl_vectors_beat_mean_pooling_with_50_labelled_slides(tmp_path):
     ids = ssl["slide_ids"]
     torch.manual_seed(g.seed)
     untrained = build_gigassl_model(g, 32).eval()
-    rand = np.stack([slide_vector(untrained, read_tile_embeddings(entries[i]["embeddings"]),
-                                  *read_positions(entries[i]["embeddings"]), g.embed_views, g.tiles_per_view,
+    rand = np.stack([slide_vector(untrained, *read_tiles(entries[i]["embeddings"]), g.embed_views, g.tiles_per_view,
                                   np.random.default_rng(k)) for k, i in enumerate(ids)])
     label = {r["slide_id"]: r["label"] for r in pq.read_table(labels).to_pylist()}
     y = np.array([int(label[i] == 2) for i in ids])

@@ -252,15 +252,18 @@ DEMO_GIGASSL = {"embed_dim": 64, "projection_dim": 32, "tiles_per_view": 8, "epo
 
 def _gigassl_stage(cfg: WsiscaleConfig, out: Path) -> dict | None:
     """Giga-SSL on the demo's augmented tile embeddings (every slide one batch), then one vector per slide."""
-    from wsiscale.data.run_state import RunState
+    from wsiscale.config import ConfigError
+    from wsiscale.gigassl.data import embedding_entries
     from wsiscale.gigassl.run import embed_gigassl, train_gigassl
 
     user = cfg.gigassl.model_fields_set
     for key, value in DEMO_GIGASSL.items():
         if key not in user:
             setattr(cfg.gigassl, key, value)
-    slides = RunState(str(out / "embeddings"), cfg.storage, data_dir="embeddings").read_table("slides.parquet")
-    n = sum(1 for t in slides.column("tiles").to_pylist() if t)
+    try:
+        n = len(embedding_entries(str(out / "embeddings"), cfg.storage))
+    except ConfigError:  # no slide with tiles
+        n = 0
     if "batch_size" not in user:
         cfg.gigassl.batch_size = n
     if n < 2 or not cfg.embed.augmentations:

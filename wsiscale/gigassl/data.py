@@ -31,36 +31,41 @@ class SlideEntry:
     augmentations: int
 
 
-def gigassl_slides(run: str, storage: Any = None) -> tuple[list[SlideEntry], int]:
-    """The completed slides of an augmented tiles-mode embedding run and the embedding dimension."""
+def _tile_slides(run: str, storage: Any, hint: str) -> tuple[Any, list[dict[str, Any]]]:
+    """``(run state, slides.parquet records with tiles)`` of a tiles-mode embedding run."""
     from wsiscale.config import ConfigError
     from wsiscale.data.run_state import RunState
 
     state = RunState(run, storage, data_dir="embeddings")
     slides = state.read_table("slides.parquet")
     if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed --set "
-                                "embed.augmentations=25` first (Giga-SSL trains on augmented tile embeddings)")
+        raise FileNotFoundError(f"{state.uri} has no slides.parquet: {hint}")
     rows = slides.to_pylist()
-    if rows and rows[0].get("mode") == "regions":
+    if any(r.get("mode") == "regions" for r in rows):
         raise ConfigError(f"{state.uri} is a regions-mode run; Giga-SSL needs tile embeddings (embed.mode=tiles)")
-    entries, dims = [], set()
-    missing = []
-    for r in rows:
-        if not r.get("tiles"):
-            continue
-        if not r.get("augmented"):
-            missing.append(r["slide_id"])
-            continue
-        shards = json.loads(r["shards"])
-        entries.append(SlideEntry(len(entries), r["slide_id"], state.absolute(shards[0]["path"]),
-                                  state.absolute(r["augmented"]), int(r["tiles"]), int(r["augmentations"])))
-        dims.add(int(r["dim"]))
+    rows = [r for r in rows if r.get("tiles")]
+    if not rows:
+        raise ConfigError(f"{state.uri} holds no slide with tiles")
+    return state, rows
+
+
+def _embeddings_file(state: Any, record: dict[str, Any]) -> str:
+    return state.absolute(json.loads(record["shards"])[0]["path"])
+
+
+def gigassl_slides(run: str, storage: Any = None) -> tuple[list[SlideEntry], int]:
+    """The completed slides of an augmented tiles-mode embedding run and the embedding dimension."""
+    from wsiscale.config import ConfigError
+
+    state, rows = _tile_slides(run, storage, "run `wsiscale embed --set embed.augmentations=25` first (Giga-SSL "
+                                             "trains on augmented tile embeddings)")
+    missing = [r["slide_id"] for r in rows if not r.get("augmented")]
     if missing:
         raise ConfigError(f"{state.uri}: {len(missing)} slides (e.g. {missing[0]}) have no augmented embeddings: "
                           "embed the run with embed.augmentations > 0 (a new run directory)")
-    if not entries:
-        raise ConfigError(f"{state.uri} holds no slide with tiles")
+    entries = [SlideEntry(i, r["slide_id"], _embeddings_file(state, r), state.absolute(r["augmented"]),
+                          int(r["tiles"]), int(r["augmentations"])) for i, r in enumerate(rows)]
+    dims = {int(r["dim"]) for r in rows}
     if len(dims) != 1:
         raise ConfigError(f"{state.uri} mixes embedding dimensions {sorted(dims)}")
     return entries, dims.pop()
@@ -68,24 +73,9 @@ def gigassl_slides(run: str, storage: Any = None) -> tuple[list[SlideEntry], int
 
 def embedding_entries(run: str, storage: Any = None) -> list[dict[str, Any]]:
     """``[{slide_id, embeddings, source}]`` of a tiles-mode run's slides with tiles (augmented or not)."""
-    from wsiscale.data.run_state import RunState
-
-    state = RunState(run, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: give a `wsiscale embed` run directory")
-    out = []
-    for r in slides.to_pylist():
-        if r.get("mode") == "regions":
-            from wsiscale.config import ConfigError
-
-            raise ConfigError(f"{state.uri} is a regions-mode run; Giga-SSL needs tile embeddings")
-        if r.get("tiles"):
-            out.append({"slide_id": r["slide_id"], "embeddings": state.absolute(json.loads(r["shards"])[0]["path"]),
-                        "source": r.get("uri")})
-    if not out:
-        raise ValueError(f"{state.uri} holds no slide with tiles")
-    return out
+    state, rows = _tile_slides(run, storage, "give a `wsiscale embed` run directory")
+    return [{"slide_id": r["slide_id"], "embeddings": _embeddings_file(state, r), "source": r.get("uri")}
+            for r in rows]
 
 
 def read_positions(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -97,13 +87,15 @@ def read_positions(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarra
     return grid_positions(t.column("x").to_numpy(), t.column("y").to_numpy())
 
 
-def read_tile_embeddings(uri: str, storage: Any = None) -> np.ndarray:
-    """A slide's un-augmented tile embeddings ``[n, D]`` float32."""
+def read_tiles(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A slide's un-augmented tile embeddings ``[n, D]`` float32 and their ``(rows, cols)``, in one read."""
     from wsiscale.data.shards import read_parquet
+    from wsiscale.gigassl.views import grid_positions
 
-    t = read_parquet(uri, storage, ["embedding"])
+    t = read_parquet(uri, storage, ["x", "y", "embedding"])
     col = t.column("embedding").combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+    feats = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+    return (feats, *grid_positions(t.column("x").to_numpy(), t.column("y").to_numpy()))
 
 
 def read_augmentations(uri: str, ks: list[int], storage: Any = None) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, write_bytes_atomic
+from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, read_bytes, write_bytes_atomic
 from wsiscale.progress import watch_progress
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("Giga-SSL training ended without a checkpoint")
-    doc = _export(result.checkpoint, out, embeddings, len(entries), cfg)
-    return doc
+    return _export(result.checkpoint, out, embeddings, len(entries), cfg)
 
 
 def _export(checkpoint: Any, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:
@@ -95,8 +94,8 @@ def load_gigassl_model(model_dir: str, storage: Any = None):
     from wsiscale.gigassl.model import build_gigassl_model
     model_dir = normalize_uri(model_dir)
     try:
-        meta = json.loads(_read_bytes(join_uri(model_dir, META_FILE), storage))
-        weights = _read_bytes(join_uri(model_dir, MODEL_FILE), storage)
+        meta = json.loads(read_bytes(join_uri(model_dir, META_FILE), storage))
+        weights = read_bytes(join_uri(model_dir, MODEL_FILE), storage)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{model_dir} has no {META_FILE}/{MODEL_FILE}: give the output directory of "
                                 "`wsiscale gigassl train`") from exc
@@ -104,14 +103,6 @@ def load_gigassl_model(model_dir: str, storage: Any = None):
     model = build_gigassl_model(g, int(meta["dim"]))
     model.load_state_dict(load(weights))
     return model.eval(), meta
-
-
-def _read_bytes(uri: str, storage: Any = None) -> bytes:
-    from wsiscale.io.uri import filesystem
-
-    fs, path = filesystem(uri, storage)
-    with fs.open(path, "rb") as fh:
-        return fh.read()
 
 
 def _source_bytes(uri: str | None, storage: Any) -> int:
@@ -152,15 +143,14 @@ def _embed_task(entries: list[dict[str, Any]], model_dir: str, storage: Any, vie
 
     import torch
 
-    from wsiscale.gigassl.data import read_positions, read_tile_embeddings
+    from wsiscale.gigassl.data import read_tiles
 
     torch.set_num_threads(1)
     model, _ = load_gigassl_model(model_dir, storage)
     out = []
     for e in entries:
         try:
-            feats = read_tile_embeddings(e["embeddings"], storage)
-            rows, cols = read_positions(e["embeddings"], storage)
+            feats, rows, cols = read_tiles(e["embeddings"], storage)
             if not np.isfinite(feats).all():
                 raise ValueError("its tile embeddings hold NaN/inf")
             rng = np.random.default_rng((seed, zlib.crc32(e["slide_id"].encode())))

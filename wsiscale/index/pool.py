@@ -215,12 +215,10 @@ class FaissShard:
 def _load_shard_index(uri: str, shard: int, storage: Any):
     import faiss
 
-    from wsiscale.io.uri import filesystem, join_uri
+    from wsiscale.io.uri import join_uri, read_bytes
 
     def read(name: str) -> bytes:
-        fs, path = filesystem(join_uri(uri, name), storage)
-        with fs.open(path, "rb") as fh:
-            return fh.read()
+        return read_bytes(join_uri(uri, name), storage)
 
     index = faiss.deserialize_index(np.frombuffer(read(f"shard-{shard:04d}.faiss"), np.uint8))
     ids = np.load(io.BytesIO(read(f"shard-{shard:04d}.ids.npy")))

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from wsiscale.io.uri import filesystem, is_local, local_path, normalize_uri, write_bytes_atomic
+from wsiscale.io.uri import filesystem, local_path, normalize_uri, read_bytes, write_bytes_atomic
 
 if TYPE_CHECKING:
     from wsiscale.config import StorageConfig
@@ -288,12 +288,8 @@ def slide_ids(relpaths: list[str]) -> list[str]:
 
 
 def _read_bytes(uri: str, storage: "StorageConfig | None", what: str) -> bytes:
-    fs, path = filesystem(uri, storage)
     try:
-        if not is_local(uri):
-            fs.invalidate_cache(path)  # a cached listing may hold the size of an older object
-        with fs.open(path, "rb") as fh:
-            return fh.read()
+        return read_bytes(uri, storage)
     except FileNotFoundError as exc:
         raise ManifestError(f"{what} {uri} does not exist; check the URI") from exc
     except IsADirectoryError as exc:

@@ -50,6 +50,11 @@ def local_path(uri: str) -> Path:
     return Path(unquote(parsed.path))
 
 
+def s3_endpoint(storage: "StorageConfig") -> str | None:
+    """The S3-compatible endpoint: ``storage.endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+    return storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def storage_options(scheme: str, storage: "StorageConfig | None") -> dict[str, Any]:
     """fsspec options for ``scheme`` from the storage config and environment."""
     if storage is None:
@@ -58,7 +63,7 @@ def storage_options(scheme: str, storage: "StorageConfig | None") -> dict[str, A
         storage = StorageConfig()
     opts: dict[str, Any] = dict(storage.extra)
     if scheme in {"s3", "s3a"}:
-        endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint(storage)
         client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
@@ -89,6 +94,15 @@ def join_uri(base: str, *parts: str) -> str:
     parsed = urlparse(base)
     path = posixpath.join(parsed.path, *parts)
     return parsed._replace(path=path).geturl()
+
+
+def read_bytes(uri: str, storage: "StorageConfig | None" = None) -> bytes:
+    """The whole object at ``uri`` (remote: a fresh read, not a cached listing's older size)."""
+    fs, path = filesystem(uri, storage)
+    if not is_local(uri):
+        fs.invalidate_cache(path)
+    with fs.open(path, "rb") as fh:
+        return fh.read()
 
 
 def write_bytes_atomic(uri: str, data: bytes, storage: "StorageConfig | None" = None) -> None:
@@ -125,7 +139,7 @@ def ray_storage(uri: str, storage: "StorageConfig | None" = None) -> dict[str, A
         return {"storage_path": str(local_path(uri))}
     parsed = urlparse(uri)
     if parsed.scheme in {"s3", "s3a"} and storage is not None:
-        endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint(storage)
         if endpoint or storage.region or storage.anon:
             import pyarrow.fs as pafs
 

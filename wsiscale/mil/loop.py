@@ -300,11 +300,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if bad >= mil.patience and epoch + 1 >= mil.min_epochs:
                 break
             if (epoch + 1) % mil.checkpoint_every == 0 and epoch + 1 < mil.epochs:  # (progress.json every epoch)
-                _report(record | {"folds": len(folds), "best_epoch": best_epoch}, rank,
-                        {"fold": f, "epoch": epoch + 1, "model": _cpu_state(model),
-                         "optimizers": {k: o.state_dict() for k, o in opts.items()}, "best": best,
-                         "best_loss": best_loss, "bad": bad},
-                        {"results": results, "history": history, "best_epoch": best_epoch})
+                report_checkpoint(record | {"folds": len(folds), "best_epoch": best_epoch}, rank,
+                                  {"fold": f, "epoch": epoch + 1, "model": _cpu_state(model),
+                                   "optimizers": {k: o.state_dict() for k, o in opts.items()}, "best": best,
+                                   "best_loss": best_loss, "bad": bad},
+                                  {"results": results, "history": history, "best_epoch": best_epoch})
         model.load_state_dict(best)
         test = _gather(predict_bags(model, store, fold["test"], mil, rank, world, device, True), to_all=False)
         summary: dict[str, Any] = {}
@@ -319,15 +319,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if dist is not None:
             dist.broadcast_object_list(holder, src=0)
         results.append(holder[0])
-        _report({k: v for k, v in holder[0].items() if k != "history"} | {"folds": len(folds), "folds_done": f + 1},
-                rank, {"fold": f + 1, "epoch": 0}, {"results": results, "history": [], "best_epoch": -1})
+        report_checkpoint({k: v for k, v in holder[0].items() if k != "history"}
+                          | {"folds": len(folds), "folds_done": f + 1},
+                          rank, {"fold": f + 1, "epoch": 0}, {"results": results, "history": [], "best_epoch": -1})
 
 
 def _auc(labels: list[int], scores: list[float]) -> float:
     from wsiscale.mil.results import binary_auc
 
     return binary_auc(labels, scores)
-
-
-def _report(metrics: dict[str, Any], rank: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    report_checkpoint(metrics, rank, state, meta)
