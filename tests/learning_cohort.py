@@ -41,6 +41,8 @@ class CohortSpec:
     class_scale: float = 1.0  # norm of a class variant, relative to the noise per dimension
     noise: float = 1.0
     offset: float = 0.5  # std of the offset shared by every class's variants (centred=True)
+    slide_shift: float = 0.0  # std per dimension of a shift added to every token of a slide (scanner/stain batch)
+    slide_warp: float = 0.0  # std of a per-slide linear mix of token dimensions, I + warp * N(0, 1/D)
     layout: LayoutParams = field(default_factory=lambda: LayoutParams(region_um=700.0, dust=False,
                                                                       tumour_fraction=(0.02, 0.06)))
 
@@ -74,6 +76,9 @@ def make_slide(spec: CohortSpec, vectors: np.ndarray, label: int, seed: int, sli
     side = spec.cells * spec.cell_px
     lay = make_layout(rng, side, side, spec.mpp, label, spec.layout, cell_px=spec.cell_px)
     classes, tissue, g = lay.classes, lay.tissue, spec.grid
+    nuisance = np.random.default_rng((seed, 104729))  # its own stream: the layout and tokens stay the same
+    shift = spec.slide_shift * nuisance.normal(size=spec.dim)
+    warp = np.eye(spec.dim) + spec.slide_warp * nuisance.normal(size=(spec.dim, spec.dim)) / np.sqrt(spec.dim)
     grids, dominant, fractions = [], [], []
     for i in range(0, classes.shape[0] - g + 1, g):
         for j in range(0, classes.shape[1] - g + 1, g):
@@ -82,6 +87,7 @@ def make_slide(spec: CohortSpec, vectors: np.ndarray, label: int, seed: int, sli
             c = classes[i : i + g, j : j + g].astype(np.int64)
             k = rng.integers(0, spec.variants, size=c.shape)
             tok = vectors[c, k] + spec.noise * rng.normal(size=(g, g, spec.dim))  # [g, g, D]
+            tok = tok @ warp + shift
             grids.append(tok)
             counts = np.bincount(c.ravel(), minlength=N_CLASSES)
             fractions.append(counts / counts.sum())

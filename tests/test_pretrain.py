@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from wsiscale.pretrain.augment import grid_multicrop
 from wsiscale.pretrain.heads import DINOHead
@@ -85,6 +86,36 @@ def test_region_vit_head_and_multicrop_shapes():
     np.testing.assert_allclose(z.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
     assert logits.abs().max().item() <= 1.0 + 1e-5  # unit bottleneck x unit-norm weight rows (g fixed at 1)
     np.testing.assert_allclose(head.last(z * 3).detach().numpy(), logits.detach().numpy(), atol=1e-5)
+
+
+def test_dino_head_batchnorm_standardises_hidden_features_over_the_batch():
+    """``head_use_bn`` (DINO's ``--use_bn_in_head``): a BatchNorm after each hidden linear, so inputs that share
+    a large common component (a random encoder on similar tiles) still give outputs that differ across the batch."""
+    from wsiscale.config import DinoConfig
+    from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
+    from wsiscale.pretrain.loop import build_model
+
+    torch.manual_seed(0)
+    x = 10.0 + 0.2 * torch.randn(32, 24)  # nearly identical inputs (cosine ~ 0.9998)
+    plain = DINOHead(24, 100, hidden_dim=64, bottleneck_dim=16)
+    bn = DINOHead(24, 100, hidden_dim=64, bottleneck_dim=16, use_bn=True)
+    for a, b in zip([m for m in plain.mlp if isinstance(m, nn.Linear)], [m for m in bn.mlp if isinstance(m, nn.Linear)]):
+        b.load_state_dict(a.state_dict())  # the same linear weights
+    bn.last_layer.load_state_dict(plain.last_layer.state_dict())
+    assert [type(m).__name__ for m in bn.mlp] == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU",
+                                                "Linear"]
+    h = bn.mlp[0](x)
+    by_hand = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5)  # standardised over the batch
+    np.testing.assert_allclose(bn.mlp[1](h).detach().numpy(), by_hand.detach().numpy(), atol=1e-4)
+
+    def spread(z: torch.Tensor) -> float:  # 1 - mean pairwise cosine of the normalised bottleneck
+        return float(1 - (z @ z.T).mean())
+
+    assert spread(bn(x)[1]) > 100 * spread(plain(x)[1])
+    p = DinoConfig(embed_dim=24, depth=1, heads=4, out_dim=100, head_hidden_dim=64, head_bottleneck_dim=16,
+                   head_use_bn=True)
+    model = build_model(p, [8, 4, 4])
+    assert sum(isinstance(m, DistributedBatchNorm1d) for m in model.head.modules()) == 2  # global statistics
 
 
 def _region_run(run: str, slides: int = 8, regions: int = 8, dim: int = 16, grid: int = 16, seed: int = 0) -> None:
@@ -318,6 +349,8 @@ def test_slpd_loop_adds_intra_and_inter_slide_losses_after_the_warm_up(tmp_path)
     warm = [h for h in history if h["epoch"] < 2]
     slpd = [h for h in history if h["epoch"] >= 2]
     assert len(warm) == len(slpd) == 8
+    losses = [h["loss"] for h in history]  # DINO + intra + inter: it falls over the run, through the SLPD phase
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.5, losses
     assert all(h["intra_loss"] == 0 and h["inter_loss"] == 0 and h["clustered_slides"] == 0 for h in warm)
     assert all(h["intra_loss"] > 0 and h["inter_loss"] > 0 and h["clustered_slides"] == 8 for h in slpd)
     for h in slpd:

@@ -225,6 +225,8 @@ class DinoConfig(_Section):
     out_dim: int = Field(65536, ge=2)
     head_hidden_dim: int = Field(2048, ge=8)
     head_bottleneck_dim: int = Field(256, ge=8, description="SLPD clusters this (normalised) teacher feature")
+    head_use_bn: bool = Field(False, description="BatchNorm in the DINO head's MLP, with statistics over all "
+                              "workers (DINO's --use_bn_in_head; helps small tile encoders leave the uniform phase)")
     global_crops: int = 2
     local_crops: int = 8
     global_crop_tokens: int = Field(14, ge=1, description="region level: global views are crops of this many tokens")

@@ -1,6 +1,7 @@
 """DINO projection head (Caron et al. 2021), as used by HIPT and SLPD.
 
-``x [B, in_dim]`` -> 3-layer MLP (GELU, hidden 2048) -> bottleneck ``[B, 256]``
+``x [B, in_dim]`` -> 3-layer MLP (GELU, hidden 2048; BatchNorm after each hidden
+linear with ``use_bn``, DINO's ``--use_bn_in_head``) -> bottleneck ``[B, 256]``
 -> L2-normalise -> weight-normalised linear ``[B, out_dim]``. SLPD clusters the
 teacher's normalised bottleneck (``forward`` returns it as the second output)
 and maps prototypes to logits with :meth:`DINOHead.last` (the last layer).
@@ -26,10 +27,12 @@ def trunc_normal_init(m: nn.Module) -> None:
 
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True) -> None:
+                 nlayers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim if nlayers > 1 else bottleneck_dim)]
         for i in range(max(nlayers - 1, 0)):
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
             layers += [nn.GELU(), nn.Linear(hidden_dim, hidden_dim if i < nlayers - 2 else bottleneck_dim)]
         self.mlp = nn.Sequential(*layers)
         self.apply(trunc_normal_init)

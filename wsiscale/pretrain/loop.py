@@ -101,7 +101,12 @@ def build_model(pretrain: Any, shape: list[int], drop_path: float | None = None)
         backbone = RegionViT(input_dim=int(shape[0]), embed_dim=p.embed_dim, depth=p.depth, num_heads=p.heads,
                              grid=int(shape[1]), drop_path_rate=dp)
         dim = p.embed_dim
-    head = DINOHead(dim, p.out_dim, hidden_dim=p.head_hidden_dim, bottleneck_dim=p.head_bottleneck_dim)
+    head = DINOHead(dim, p.out_dim, hidden_dim=p.head_hidden_dim, bottleneck_dim=p.head_bottleneck_dim,
+                    use_bn=p.head_use_bn)
+    if p.head_use_bn:  # batch statistics over every worker's batch (DINO's SyncBatchNorm; also on gloo)
+        from wsiscale.models.distributed_batchnorm import convert_batchnorm
+
+        convert_batchnorm(head)
     return DinoModel(backbone, head)
 
 
