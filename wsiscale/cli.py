@@ -1,5 +1,5 @@
 """``wsiscale`` command line: ``info``, ``synth``, ``manifest``, ``tile``, ``embed``, ``encoders``, ``index build``,
-``retrieve``, ``cluster``, ``pretrain``, ``train-mil``, ``eval linear-probe``, ``demo``, ``config``.
+``retrieve``, ``cluster``, ``pretrain``, ``train-mil``, ``train-five``, ``eval linear-probe``, ``eval five``, ``demo``, ``config``.
 
 Every command takes ``--config FILE.yaml`` and any number of ``--set
 section.key=value`` overrides; the resolved config is saved next to outputs.
@@ -308,6 +308,59 @@ def _train_mil(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_five_train(doc: dict) -> None:
+    """A finished ``wsiscale train-five`` run: slides, steps and the loss curve's ends."""
+    h = doc["history"]
+    console.print(f"FiVE on {doc['slides']} reported slides: {h[-1]['step']} steps, loss {h[0]['loss']:.3f} -> "
+                  f"{h[-1]['loss']:.3f}, text accuracy {h[-1]['text_accuracy']:.3f}", highlight=False)
+
+
+def print_five_eval(doc: dict) -> None:
+    """Zero-shot and few-shot results of ``wsiscale eval five``."""
+    if "zero_shot" in doc:
+        z = doc["zero_shot"]
+        console.print(f"zero-shot on {z['slides']} slides: accuracy {z['accuracy']:.3f} (chance {z['chance']:.3f}), "
+                      f"AUC {z['auc']:.3f}", highlight=False)
+    for k, r in doc.get("few_shot", {}).items():
+        f, b = r["five_accuracy"], r["linear_probe_accuracy"]
+        console.print(f"{k}-shot ({len(r['draws'])} draws): FiVE {f['mean']:.3f} +- {f['std']:.3f}, linear probe on "
+                      f"mean-pooled tiles {b['mean']:.3f} +- {b['std']:.3f}", highlight=False)
+
+
+def five_inputs(cfg: WsiscaleConfig, embeddings: str | None, manifest: str | None,
+                out: str | None) -> tuple[str, str, str]:
+    """``(embeddings, manifest, model directory)`` of the FiVE commands, defaulting to runs under ``cfg.output``."""
+    from wsiscale.io.uri import join_uri
+
+    return (embeddings or join_uri(cfg.output, "embeddings"), manifest or join_uri(cfg.output, "manifest.parquet"),
+            out or join_uri(cfg.output, "five"))
+
+
+def _train_five(args: argparse.Namespace) -> int:
+    from wsiscale.demo import ray_session
+    from wsiscale.five.run import train_five
+
+    cfg = _load(args)
+    embeddings, manifest, out = five_inputs(cfg, args.embeddings, args.manifest, args.out)
+    with ray_session(cfg):
+        doc = train_five(cfg, embeddings, manifest, out)
+    print_five_train(doc)
+    return 0
+
+
+def _eval_five(args: argparse.Namespace) -> int:
+    from wsiscale.five.run import eval_five
+
+    cfg = _load(args)
+    embeddings, manifest, model = five_inputs(cfg, args.embeddings, args.manifest, args.model)
+    shots = [int(k) for k in args.shots.split(",")] if args.shots else None
+    doc = eval_five(cfg, model, embeddings, manifest, args.out, shots)
+    print_five_eval(doc)
+    if args.json:
+        sys.stdout.write(json.dumps({k: doc[k] for k in ("zero_shot", "few_shot") if k in doc}) + "\n")
+    return 0
+
+
 def print_gigassl_train(doc: dict) -> None:
     """A finished ``wsiscale gigassl train`` run: slides, steps and the loss curve's ends."""
     h = doc["history"]
@@ -565,6 +618,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(func=_gigassl_embed)
 
+    p = sub.add_parser("train-five", help="FiVE: train slide features against report texts (TFS module, "
+                                          "offline text encoder) on Ray Train")
+    p.add_argument("--embeddings", help="tiles-mode embedding run (default: <output>/embeddings)")
+    p.add_argument("--manifest", help="manifest with slide_id, five.report_column and five.label_column "
+                                      "(default: <output>/manifest.parquet)")
+    p.add_argument("--out", help="model directory (default: <output>/five); rerun to resume")
+    _common(p)
+    p.set_defaults(func=_train_five)
+
     p = sub.add_parser("eval", help="evaluate slide-level representations")
     esub = p.add_subparsers(dest="eval_command", required=True)
     lp = esub.add_parser("linear-probe", help="logistic-regression probe of slide vectors (or mean-pooled tile "
@@ -572,6 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
     linear_probe_arguments(lp)
     _common(lp)
     lp.set_defaults(func=_eval_linear_probe)
+
+    fv = esub.add_parser("five", help="FiVE zero-shot (class descriptions) and few-shot (k labelled slides per "
+                                      "class, against a linear probe on mean-pooled tiles)")
+    fv.add_argument("--model", help="`train-five` output directory (default: <output>/five)")
+    fv.add_argument("--embeddings", help="tiles-mode embedding run of the evaluation slides "
+                                         "(default: <output>/embeddings)")
+    fv.add_argument("--manifest", help="manifest with slide_id and five.label_column (default: "
+                                       "<output>/manifest.parquet)")
+    fv.add_argument("--shots", help="comma-separated k values (default: five.shots)")
+    fv.add_argument("--out", help="where five_eval.json goes (default: the model directory)")
+    fv.add_argument("--json", action="store_true", help="also print the results as JSON")
+    _common(fv)
+    fv.set_defaults(func=_eval_five)
 
     p = sub.add_parser("cluster", help="k-means over an embedding run on the FAISS actor pool")
     p.add_argument("--embeddings", required=True, help="embedding run directory (tiles mode)")

@@ -403,6 +403,8 @@ class FiveConfig(_Section):
     prompt_tokens: int = Field(16, ge=0, description="learnable prompt queries besides one per field (FiVE: 16)")
     segments: int = Field(64, ge=1, description="instance sampling: tiles per slide per step, one drawn at random "
                           "from each of this many equal segments of the slide's tile sequence")
+    eval_tiles: int = Field(1024, ge=1, description="evaluation: tiles per slide (segment middles of the slide's "
+                            "tile sequence; all tiles when it has fewer)")
     field_drop: bool = Field(True, description="text augmentation: drop a random number of fields (and their "
                              "queries) per step")
     field_shuffle: bool = Field(True, description="text augmentation: shuffle the order of the fields")
@@ -418,6 +420,7 @@ class FiveConfig(_Section):
     draws: int = Field(5, ge=1, description="few-shot: random draws of the k labelled slides")
     finetune_epochs: int = Field(40, ge=1, description="few-shot fine-tuning epochs on the k x C slides")
     finetune_lr: float = Field(1e-4, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="gradient-norm clipping (0: off)")
     num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
