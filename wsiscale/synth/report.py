@@ -52,9 +52,59 @@ def report_fields(class_fractions: dict[str, float], label: int, rng: np.random.
     }
 
 
-def write_report(class_fractions: dict[str, float], label: int, rng: np.random.Generator) -> str:
-    """Free-text report: the fields as sentences in a random order."""
+# Sentence templates per field: "{v}" is the field value. Headed ("Field: v.") and narrative forms mix,
+# as in real reports; the rule extractor (wsiscale.five.extract) inverts them.
+TEMPLATES: dict[str, list[str]] = {
+    "tissue type": ["Diagnosis: {v}.", "Final diagnosis: {v}.", "The sections show {v}.", "Tissue type: {v}.",
+                    "Microscopy is consistent with {v}."],
+    "growth pattern": ["Growth pattern: {v}.", "Architecture: {v}.", "The architecture shows {v}.",
+                       "Low power shows {v}."],
+    "nuclear features": ["Nuclear features: {v}.", "Nuclei: {v}.", "Cytology shows {v}.",
+                         "At high power there are {v}."],
+    "necrosis": ["Necrosis: {level}.", "{Level} necrosis is present.", "There is {level} necrosis."],
+    "inflammation": ["Inflammation: {v}.", "There is {v}.", "The background shows {v}."],
+    "stroma": ["Stroma: {v}.", "The background contains {v}.", "There is {v}."],
+}
+NO_NECROSIS = ["No necrosis is identified.", "Necrosis is not seen.", "Necrosis: absent."]
+NO_INFLAMMATION = ["No significant lymphocytic infiltrate.", "Inflammation: absent lymphocytic infiltrate."]
+DISTRACTORS = ["Specimen received in formalin, labelled with the patient's name.",
+               "Sections were examined at multiple levels.", "Clinical history: mass on imaging.",
+               "Immunohistochemistry is pending and will be reported separately.",
+               "Margins cannot be assessed on this specimen.", "Correlation with imaging is recommended."]
+
+
+def field_sentence(name: str, value: str, rng: np.random.Generator) -> str:
+    """One sentence stating ``value`` for field ``name`` (wording drawn from :data:`TEMPLATES`)."""
+    if name == "necrosis":
+        level = value.removesuffix(" necrosis")
+        if level == "absent":
+            return str(rng.choice(NO_NECROSIS))
+        t = str(rng.choice(TEMPLATES[name]))
+        return t.format(level=level, Level=level.capitalize())
+    if name == "inflammation" and value.startswith("absent"):
+        return str(rng.choice(NO_INFLAMMATION))
+    t = str(rng.choice(TEMPLATES[name]))
+    text = t.format(v=value)
+    return text[0].upper() + text[1:]
+
+
+def write_report(class_fractions: dict[str, float], label: int, rng: np.random.Generator,
+                 omit: float = 0.1, distractors: float = 0.5) -> str:
+    """Free-text report of the slide's fields, with noise.
+
+    Each field becomes one sentence (template and order at random); a field
+    other than the diagnosis is left out with probability ``omit`` and
+    unrelated sentences (specimen handling, history) are mixed in with
+    probability ``distractors`` each (at most two).
+    """
     fields = report_fields(class_fractions, label, rng)
-    order = rng.permutation(len(REPORT_FIELDS))
-    sentences = [f"{REPORT_FIELDS[i].capitalize()}: {fields[REPORT_FIELDS[i]]}." for i in order]
+    sentences = []
+    for i in rng.permutation(len(REPORT_FIELDS)):
+        name = REPORT_FIELDS[i]
+        if name != "tissue type" and rng.random() < omit:
+            continue
+        sentences.append(field_sentence(name, fields[name], rng))
+    for _ in range(2):
+        if rng.random() < distractors:
+            sentences.insert(int(rng.integers(0, len(sentences) + 1)), str(rng.choice(DISTRACTORS)))
     return " ".join(sentences)
