@@ -355,8 +355,9 @@ class GigaSSLConfig(_Section):
 class ReportExtractorConfig(_Section):
     """How free-text reports become FiVE's fine-grained fields (the paper used an LLM; the default is offline rules)."""
 
-    kind: Literal["rules", "llm"] = Field("rules", description="rules: offline keyword/template extractor; llm: an "
-                                          "OpenAI-compatible chat-completions endpoint (never contacted otherwise)")
+    kind: str = Field("rules", description="rules: offline keyword/template extractor; llm: an OpenAI-compatible "
+                      "chat-completions endpoint (never contacted otherwise); or a name registered with "
+                      "wsiscale.five.extract.register_extractor")
     llm_base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (kind=llm only)")
     llm_model: str | None = Field(None, description="model name the endpoint serves (kind=llm only)")
     llm_api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API "

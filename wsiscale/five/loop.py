@@ -139,12 +139,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         now = time.perf_counter()
         record = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "text_accuracy": float(np.mean(accs)),
                   "lr": float(lr[step - 1]), "logit_scale": float(model.scale()), "slides_per_s":
-                  seen / max(now - t0, 1e-9), "time": time.time()}
+                  seen / max(now - t0, 1e-9), "world": world, "resumed_from": resumed_from,
+                  "time": time.time()}
         t0, seen = now, 0
         history.append(record)
         last = step >= total
-        metrics = record | {"total_steps": total, "world": world, "resumed_from": resumed_from,
-                            "epochs": five.epochs}
+        metrics = record | {"total_steps": total, "epochs": five.epochs}
         if rank == 0:
             write_progress(config.get("progress_uri"), metrics, config.get("storage"))
         if (epoch + 1) % five.checkpoint_every == 0 or last:

@@ -88,23 +88,32 @@ def field_sentence(name: str, value: str, rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:]
 
 
-def write_report(class_fractions: dict[str, float], label: int, rng: np.random.Generator,
-                 omit: float = 0.1, distractors: float = 0.5) -> str:
-    """Free-text report of the slide's fields, with noise.
+def compose_report(class_fractions: dict[str, float], label: int, rng: np.random.Generator,
+                   omit: float = 0.1, distractors: float = 0.5) -> tuple[str, dict[str, str | None]]:
+    """``(report text, {field: stated value or None})``: the report and what it actually states.
 
     Each field becomes one sentence (template and order at random); a field
-    other than the diagnosis is left out with probability ``omit`` and
-    unrelated sentences (specimen handling, history) are mixed in with
-    probability ``distractors`` each (at most two).
+    other than the diagnosis is left out with probability ``omit`` (its
+    stated value is then None) and unrelated sentences (specimen handling,
+    history) are mixed in with probability ``distractors`` each (at most two).
     """
     fields = report_fields(class_fractions, label, rng)
+    stated: dict[str, str | None] = {}
     sentences = []
     for i in rng.permutation(len(REPORT_FIELDS)):
         name = REPORT_FIELDS[i]
         if name != "tissue type" and rng.random() < omit:
+            stated[name] = None
             continue
+        stated[name] = fields[name]
         sentences.append(field_sentence(name, fields[name], rng))
     for _ in range(2):
         if rng.random() < distractors:
             sentences.insert(int(rng.integers(0, len(sentences) + 1)), str(rng.choice(DISTRACTORS)))
-    return " ".join(sentences)
+    return " ".join(sentences), {f: stated[f] for f in REPORT_FIELDS}
+
+
+def write_report(class_fractions: dict[str, float], label: int, rng: np.random.Generator,
+                 omit: float = 0.1, distractors: float = 0.5) -> str:
+    """Free-text report of the slide's fields, with noise (see :func:`compose_report`)."""
+    return compose_report(class_fractions, label, rng, omit, distractors)[0]
