@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -96,3 +97,8 @@ def test_demo_end_to_end(tmp_path):
     assert json.loads((out / "pretrain" / "encoder" / "encoder.json").read_text())["encoder"] == "timm:test_vit"
     # stage 7: 2-fold WENO needs 2 normal and 2 tumour slides; 3 slides have one normal: skipped with a message
     assert summary["mil"] is None and "2-fold MIL needs 2 normal and 2 tumour slides" in res.stdout + res.stderr
+    # stage 9: FiVE trained on the three generated reports, zero-shot only (1-shot needs 2 slides per class)
+    five = summary["five"]
+    assert five is not None and np.isfinite(five["final_loss"]) and 0 <= five["zero_shot_accuracy"] <= 1
+    assert (out / "five" / "five.safetensors").exists() and (out / "five" / "five_eval.json").exists()
+    assert "few-shot skipped" in res.stdout + res.stderr

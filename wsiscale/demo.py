@@ -70,12 +70,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         cfg.synth.n_slides = n_slides
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
-    console.print(f"1/8 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    console.print(f"1/9 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0
 
-    console.print("2/8 summarising slides on Ray (open, tissue detection, tile planning)")
+    console.print("2/9 summarising slides on Ray (open, tissue detection, tile planning)")
     started = start_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(summarize_slide)
@@ -88,7 +88,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 done, pending = ray.wait(pending, num_returns=1)
                 rows.extend(ray.get(done))
                 bar.advance(job)
-        console.print(f"3/8 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
+        console.print(f"3/9 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
         from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
@@ -100,18 +100,21 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                           "point embed.weights at a local checkpoint for real features)")
         if "augmentations" not in cfg.embed.model_fields_set:
             cfg.embed.augmentations = DEMO_AUGMENTATIONS  # Giga-SSL (stage 8) trains on augmented embeddings
-        console.print(f"4/8 embedding tiles with {cfg.embed.encoder} on an encoder actor pool (and under "
+        console.print(f"4/9 embedding tiles with {cfg.embed.encoder} on an encoder actor pool (and under "
                       f"{cfg.embed.augmentations} slide-shared augmentations) -> {out / 'embeddings'}")
         embedding = run_embedding(cfg, source=str(out / "tiles"), out=str(out / "embeddings"))
-        console.print(f"5/8 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
+        console.print(f"5/9 k-means and slide retrieval on the FAISS actor pool -> {out / 'clusters'}, "
                       f"{out / 'slide-index'}")
         index = _index_stage(cfg, out)
-        console.print(f"6/8 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
+        console.print(f"6/9 DINO pretraining of a small ViT on the tiles with Ray Train -> {out / 'pretrain'}")
         pretrain = _pretrain_stage(cfg, out, manifest)
-        console.print(f"7/8 WENO (MIL) tumour-vs-normal classification with heatmaps on Ray Train -> {out / 'mil-weno'}")
+        console.print(f"7/9 WENO (MIL) tumour-vs-normal classification with heatmaps on Ray Train -> {out / 'mil-weno'}")
         mil = _mil_stage(cfg, out, manifest)
-        console.print(f"8/8 Giga-SSL slide representations (SparseConvMIL + SimCLR) on Ray Train -> {out / 'gigassl'}")
+        console.print(f"8/9 Giga-SSL slide representations (SparseConvMIL + SimCLR) on Ray Train -> {out / 'gigassl'}")
         gigassl = _gigassl_stage(cfg, out)
+        console.print(f"9/9 FiVE: slide features matched with the slides' reports on Ray Train, zero-/few-shot "
+                      f"evaluation -> {out / 'five'}")
+        five = _five_stage(cfg, out, manifest)
     finally:
         if started:
             ray.shutdown()
@@ -152,6 +155,11 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
 
         print_gigassl_train(gigassl["train"])
         print_gigassl_embed(gigassl["embed"])
+    if five is not None:
+        from wsiscale.cli import print_five_eval, print_five_train
+
+        print_five_train(five["train"])
+        print_five_eval(five["eval"])
     summary = out / "summary.json"
     summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
                                    "pretrain": pretrain,
@@ -162,6 +170,9 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                                        "steps": gigassl["train"]["steps"],
                                        **{k: gigassl["embed"][k] for k in ("vectors", "bytes_per_slide",
                                                                             "compression_ratio")}},
+                                   "five": None if five is None else {
+                                       "final_loss": five["train"]["history"][-1]["loss"],
+                                       "zero_shot_accuracy": five["eval"]["zero_shot"]["accuracy"]},
                                    "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
     save_config(cfg, str(out))
     bad_summaries = sum(1 for r in rows if r["error"])
@@ -172,7 +183,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
         f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
         f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
         f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
-        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, Giga-SSL slide vectors in {out / 'gigassl' / 'vectors'}, config in {out / 'wsiscale.config.yaml'}"
+        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, Giga-SSL slide vectors in {out / 'gigassl' / 'vectors'}, FiVE model in {out / 'five'}, config in {out / 'wsiscale.config.yaml'}"
     )
     return 0 if bad_summaries + bad_tiling == 0 else 1
 
@@ -272,6 +283,38 @@ def _gigassl_stage(cfg: WsiscaleConfig, out: Path) -> dict | None:
     train = train_gigassl(cfg, str(out / "embeddings"), str(out / "gigassl"))
     embed = embed_gigassl(cfg, str(out / "embeddings"), str(out / "gigassl"), str(out / "gigassl" / "vectors"))
     return {"train": train, "embed": embed}
+
+
+#: Demo-sized FiVE (CPU seconds): any ``five.*`` the user sets wins over these.
+DEMO_FIVE = {"dim": 64, "prompt_tokens": 4, "segments": 32, "eval_tiles": 256, "epochs": 8, "warmup_epochs": 1,
+             "checkpoint_every": 4, "lr": 1e-3, "num_workers": (1, 1), "cpus_per_worker": 1.0, "shots": [1],
+             "draws": 2, "finetune_epochs": 10}
+
+
+def _five_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict | None:
+    """FiVE on the demo's tile embeddings and generated reports; zero-shot and 1-shot on the same slides.
+
+    With a handful of slides this shows the stage working, not generalisation (tests/test_five_train.py
+    evaluates on held-out cohorts).
+    """
+    from wsiscale.five.run import eval_five, train_five
+
+    user = set(cfg.five.model_fields_set)  # a copy: the defaults below add to the live set
+    for key, value in DEMO_FIVE.items():
+        if key not in user:
+            setattr(cfg.five, key, value)
+    labels = pq.read_table(manifest, columns=[cfg.five.label_column]).column(0).to_pylist()
+    if len(set(labels)) < 2:
+        console.print("   (skipped: FiVE evaluation needs slides of two classes)")
+        return None
+    if "batch_size" not in user:
+        cfg.five.batch_size = len(labels)
+    smallest = min(labels.count(v) for v in set(labels))
+    if "shots" not in user and smallest < 2:
+        cfg.five.shots = []
+        console.print("   (few-shot skipped: 1-shot needs 2 slides of every class; zero-shot only)")
+    train = train_five(cfg, str(out / "embeddings"), str(manifest), str(out / "five"))
+    return {"train": train, "eval": eval_five(cfg, str(out / "five"), str(out / "embeddings"), str(manifest))}
 
 
 def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
