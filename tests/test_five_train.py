@@ -97,3 +97,30 @@ def test_five_zero_shot_beats_chance_and_few_shot_beats_a_linear_probe(tmp_path)
     print(json.dumps({"zero_shot": z, "few_shot": {k: {m: v[m] for m in ("five_accuracy", "linear_probe_accuracy")}
                                                     for k, v in ev["few_shot"].items()}}, indent=1))
     assert np.isfinite(z["auc"])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_five_job_trains_evaluates_and_reports_bad_input(tmp_path):
+    """jobs/five.py (what `ray job submit` runs): train + evaluate with the resolved config saved; exit 2 with
+    the fix for a missing run or a manifest without reports."""
+    import pyarrow.parquet as pq
+
+    import jobs.five as job
+
+    run, manifest = write_five_cohort(tmp_path / "cohort", FiveCohortSpec(slides_per_label=4, cells=10), seed=3)
+    out = tmp_path / "job"
+    sets = ["--set", "five.epochs=2", "--set", "five.batch_size=6", "--set", "five.warmup_epochs=1",
+            "--set", "five.dim=32", "--set", "five.prompt_tokens=2", "--set", "five.segments=16",
+            "--set", "five.cpus_per_worker=0.5", "--set", "five.shots=[1]", "--set", "five.draws=1",
+            "--set", "five.finetune_epochs=1", "--set", "ray.address=auto"]
+    assert job.main(["--embeddings", run, "--manifest", manifest, "--out", str(out), *sets]) == 0
+    assert (out / "five.safetensors").exists() and "epochs: 2" in (out / "wsiscale.config.yaml").read_text()
+    ev = json.loads((out / "five_eval.json").read_text())
+    assert ev["slides"] == 12 and set(ev["few_shot"]) == {"1"}
+    assert len(json.loads((out / "five.json").read_text())["history"]) == 2
+
+    assert job.main(["--embeddings", str(tmp_path / "missing"), "--manifest", manifest, "--out",
+                     str(tmp_path / "x"), *sets]) == 2
+    bare = tmp_path / "bare.parquet"  # the manifest without its report column
+    pq.write_table(pq.read_table(manifest).drop(["report"]), bare)
+    assert job.main(["--embeddings", run, "--manifest", str(bare), "--out", str(tmp_path / "y"), *sets]) == 2
