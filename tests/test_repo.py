@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,9 +38,21 @@ def test_required_layout():
 
 
 def test_cluster_yaml_is_valid():
+    """Ray's own cluster-launcher validation (the schema `ray up` checks), then our invariants."""
     import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
     cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    broken = prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
+    broken["available_node_types"]["gpu_train"]["min_workers"] = "zero"
+    with pytest.raises(Exception, match="min_workers|zero"):
+        validate_config(broken)  # the validation is real: a wrong type is refused
+    # token auth on every node, with the one token the launcher copies from the submitting machine
+    assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    for cmd in (c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if " start " in c):
+        assert cmd.startswith("RAY_AUTH_MODE=token "), cmd
+    assert "aws_access_key" not in (ROOT / "cluster.yaml").read_text().lower()
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
     assert types["cpu_tiling"]["min_workers"] == 0 and types["gpu_train"]["resources"]["GPU"] >= 1

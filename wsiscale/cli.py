@@ -327,6 +327,41 @@ def print_five_eval(doc: dict) -> None:
                       f"mean-pooled tiles {b['mean']:.3f} +- {b['std']:.3f}", highlight=False)
 
 
+def print_pipeline_summary(doc: dict) -> None:
+    """One row per stage of a ``jobs/pipeline.py`` run: status, seconds and the stage's key figure."""
+    table = Table(title=f"pipeline -> {doc['output']}")
+    for col in ("stage", "status", "seconds", "result"):
+        table.add_column(col)
+    for name, st in doc["stages"].items():
+        table.add_row(name, st.get("status", ""), f"{st['seconds']:.1f}" if "seconds" in st else "",
+                      _pipeline_result(name, st))
+    console.print(table)
+
+
+def _pipeline_result(name: str, st: dict) -> str:
+    if st.get("status") != "done":
+        return st.get("error", "")
+    if name in ("tile", "embed", "regions"):
+        s = st["slides"]
+        return f"{s.get('done', 0)} slides done, {s.get('failed', 0)} failed -> {st['out']}"
+    if name == "pretrain":
+        m = st.get("metrics", {})
+        figs = ", ".join(f"{k} {m[k]:.3f}" for k in ("loss", "probe_auc", "knn_accuracy") if k in m)
+        return f"{st['method']} on {st['regions']} regions of {st['slides']} slides: {figs}"
+    if name == "index":
+        return (f"k-means k={st['k']} over {st['vectors']} vectors; {st['prototypes_per_slide']} prototypes for "
+                f"{st['slides_indexed']} slides")
+    if name == "evaluate":
+        r, p = st.get("retrieval", {}), st.get("linear_probe", {})
+        parts = []
+        if "map_at_k" in r:
+            parts.append(f"retrieval@{r['k']}: majority vote {r['majority_vote_accuracy']:.3f}, mAP {r['map_at_k']:.3f}")
+        if p.get("kfold_auc") is not None:
+            parts.append(f"linear probe AUC {p['kfold_auc']:.3f}")
+        return "; ".join(parts) or "skipped (see pipeline.json)"
+    return ""
+
+
 def five_inputs(cfg: WsiscaleConfig, embeddings: str | None, manifest: str | None,
                 out: str | None) -> tuple[str, str, str]:
     """``(embeddings, manifest, model directory)`` of the FiVE commands, defaulting to runs under ``cfg.output``."""

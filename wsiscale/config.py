@@ -456,6 +456,31 @@ class EvalConfig(_Section):
         return value
 
 
+PIPELINE_STAGES = ("tile", "embed", "regions", "pretrain", "index", "evaluate")
+
+
+class PipelineConfig(_Section):
+    """``jobs/pipeline.py``: the whole chain from one config (see wsiscale/pipeline.py, docs/pipeline.md)."""
+
+    stages: list[Literal["tile", "embed", "regions", "pretrain", "index", "evaluate"]] = Field(
+        default_factory=lambda: list(PIPELINE_STAGES),
+        description="stages to run, in this order: tile (manifest -> tile shards), embed (tiles -> tile "
+                    "embeddings), regions (manifest -> regions-mode patch grids), pretrain (SLPD/DINO on the "
+                    "regions), index (k-means + per-slide prototypes + slide neighbours), evaluate (retrieval and "
+                    "linear probe on the manifest's labels)")
+    neighbours: int = Field(5, ge=1, description="nearest slides written per slide by the index stage (retrieval@k)")
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"name at least one stage of {list(PIPELINE_STAGES)}")
+        order = [PIPELINE_STAGES.index(v) for v in value]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be distinct and in pipeline order {list(PIPELINE_STAGES)}, got {value}")
+        return value
+
+
 class WsiscaleConfig(_Section):
     """The whole configuration; every section has working defaults (the embedded local setup)."""
 
@@ -475,6 +500,7 @@ class WsiscaleConfig(_Section):
     gigassl: GigaSSLConfig = Field(default_factory=GigaSSLConfig)
     five: FiveConfig = Field(default_factory=FiveConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "WsiscaleConfig":
