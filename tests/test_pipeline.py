@@ -88,6 +88,15 @@ def test_pipeline_stages_must_be_known_distinct_and_in_order():
             load_job_config(None, [f"pipeline.stages={bad}"])
 
 
+def test_runtime_env_recipe_is_a_valid_ray_runtime_env():
+    import yaml
+    from ray.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(**yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text()))
+    assert env["working_dir"] == "." and ".venv/" not in env.get("excludes", [])  # .gitignore covers it
+    assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
 def test_pipeline_job_refuses_bad_input_with_exit_2(tmp_path, capsys):
     import jobs.pipeline as job
 
@@ -160,10 +169,11 @@ def token_auth_head(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _submit(address: str, env: dict, token: str, args: list[str], timeout: float = 600) -> dict:
+def _submit(address: str, env: dict, token: str, args: list[str], runtime_env: list[str],
+            timeout: float = 600) -> dict:
     """``ray job submit`` (waits for the end); returns the job's record from the job API."""
     ray = str(Path(sys.executable).parent / "ray")
-    done = subprocess.run([ray, "job", "submit", "--address", address, "--working-dir", ".", "--",
+    done = subprocess.run([ray, "job", "submit", "--address", address, *runtime_env, "--",
                            "python", "jobs/pipeline.py", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     log = done.stdout + done.stderr
@@ -184,8 +194,11 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
     config = tmp_path / "pipeline.yaml"
     out = tmp_path / "run"
     config.write_text(f"output: {out.as_uri()}\n" + TINY)
-    job = _submit(address, env, token, ["--config", str(config), "--synth", "4"])
+    # the shipped runtime_env recipe (working_dir + excludes + env_vars)
+    job = _submit(address, env, token, ["--config", str(config), "--synth", "4"],
+                  ["--runtime-env", "jobs/runtime_env.yaml"])
     assert job["status"] == "SUCCEEDED" and job["entrypoint"].startswith("python jobs/pipeline.py"), job
+    assert job["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
 
     doc = json.loads((out / "pipeline.json").read_text())
     stages = doc["stages"]
@@ -206,7 +219,8 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
 
     # Submitting the same job again resumes: every slide is skipped, training starts from its last checkpoint.
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "embeddings" / "embeddings").glob("*/*.parquet")}
-    assert _submit(address, env, token, ["--config", str(config), "--synth", "4"])["status"] == "SUCCEEDED"
+    assert _submit(address, env, token, ["--config", str(config), "--synth", "4"],
+                   ["--working-dir", "."])["status"] == "SUCCEEDED"
     again = json.loads((out / "pipeline.json").read_text())["stages"]
     for name in ("tile", "embed", "regions"):
         assert again[name]["slides"]["skipped_already_done"] == 4, (name, again[name])
