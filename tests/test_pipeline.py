@@ -149,7 +149,12 @@ def token_auth_head(tmp_path):
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()
     address = f"http://127.0.0.1:{port}"
-    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2",
+    # Every listening port is a free one: the test session's own Ray (ray_local) holds the defaults, and a
+    # second agent on its port leaves the head without a job agent ("No available agent to submit job").
+    ports = [f"--{name}={_free_port()}" for name in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    head = subprocess.Popen([ray, "start", "--head", "--block", *ports, "--num-cpus=2",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--disable-usage-stats",
                              f"--temp-dir={temp}", "--include-dashboard=true"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -173,10 +178,14 @@ def _submit(address: str, env: dict, token: str, args: list[str], runtime_env: l
             timeout: float = 600) -> dict:
     """``ray job submit`` (waits for the end); returns the job's record from the job API."""
     ray = str(Path(sys.executable).parent / "ray")
-    done = subprocess.run([ray, "job", "submit", "--address", address, *runtime_env, "--",
-                           "python", "jobs/pipeline.py", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    log = done.stdout + done.stderr
+    for attempt in range(10):  # the job agent registers a little after the dashboard answers
+        done = subprocess.run([ray, "job", "submit", "--address", address, *runtime_env, "--",
+                               "python", "jobs/pipeline.py", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        log = done.stdout + done.stderr
+        if "No available agent" not in log:
+            break
+        time.sleep(3)
     assert done.returncode == 0, log[-6000:]
     job_id = re.search(r"raysubmit_\w+", log).group(0)
     body: list = []
