@@ -34,19 +34,10 @@ SHOTS = (4, 8, 16)
 
 
 def _config(root: Path, **five):
-    from wsiscale.config import WsiscaleConfig
+    """The slow test's settings (tests/test_five_train.py: ``_cfg`` with ``LEARNING``), then ``five``."""
+    from test_five_train import LEARNING, _cfg
 
-    cfg = WsiscaleConfig()
-    cfg.output = str(root)
-    f = cfg.five
-    # the slow test's settings (tests/test_five_train.py::_cfg + the learning test's overrides)
-    f.dim, f.heads, f.prompt_tokens, f.segments, f.eval_tiles = 64, 4, 4, 48, 256
-    f.batch_size, f.epochs, f.warmup_epochs, f.lr, f.checkpoint_every = 30, 30, 1, 3e-3, 30
-    f.num_workers, f.cpus_per_worker = (2, 2), 0.5
-    f.finetune_epochs, f.draws = 20, 3
-    for k, v in five.items():
-        setattr(f, k, v)
-    return cfg
+    return _cfg(root, **(LEARNING | five))
 
 
 def learning(args: argparse.Namespace) -> None:

@@ -75,6 +75,10 @@ def test_eval_five_errors_name_the_fix(tmp_path):
         load_five(str(tmp_path / "nothing"))
 
 
+#: The learning protocol's settings over _cfg's (benchmarks/five.py runs the same protocol over seeds).
+LEARNING = {"batch_size": 30, "epochs": 30, "lr": 3e-3, "checkpoint_every": 30, "draws": 3, "finetune_epochs": 20}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_five_zero_shot_beats_chance_and_few_shot_beats_a_linear_probe(tmp_path):
@@ -84,7 +88,7 @@ def test_five_zero_shot_beats_chance_and_few_shot_beats_a_linear_probe(tmp_path)
     train_run, train_manifest = write_five_cohort(tmp_path / "train", FiveCohortSpec(slides_per_label=50), seed=1)
     test_run, test_manifest = write_five_cohort(tmp_path / "test", FiveCohortSpec(slides_per_label=30), seed=2,
                                                 prefix="heldout")
-    cfg = _cfg(tmp_path, batch_size=30, epochs=30, lr=3e-3, checkpoint_every=30, draws=3, finetune_epochs=20)
+    cfg = _cfg(tmp_path, **LEARNING)
     doc = train_five(cfg, train_run, train_manifest, str(tmp_path / "five"))
     losses = [r["loss"] for r in doc["history"]]
     assert np.mean(losses[-3:]) < 0.75 * losses[0], losses

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -456,13 +456,14 @@ class EvalConfig(_Section):
         return value
 
 
-PIPELINE_STAGES = ("tile", "embed", "regions", "pretrain", "index", "evaluate")
+PipelineStage = Literal["tile", "embed", "regions", "pretrain", "index", "evaluate"]
+PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)  # in pipeline order
 
 
 class PipelineConfig(_Section):
     """``jobs/pipeline.py``: the whole chain from one config (see wsiscale/pipeline.py, docs/pipeline.md)."""
 
-    stages: list[Literal["tile", "embed", "regions", "pretrain", "index", "evaluate"]] = Field(
+    stages: list[PipelineStage] = Field(
         default_factory=lambda: list(PIPELINE_STAGES),
         description="stages to run, in this order: tile (manifest -> tile shards), embed (tiles -> tile "
                     "embeddings), regions (manifest -> regions-mode patch grids), pretrain (SLPD/DINO on the "

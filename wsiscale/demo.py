@@ -217,14 +217,14 @@ DEMO_PRETRAIN = {"level": "patch", "method": "dino", "patch_encoder": "timm:test
 
 def _pretrain_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict:
     """DINO on the demo's tiles (1 worker), with the held-out probe on the cohort's labels; exports the encoder."""
+    from wsiscale.pretrain.evaluate import labels_allow_holdout
     from wsiscale.pretrain.run import run_pretraining
 
     user = cfg.pretrain.model_fields_set
     for key, value in DEMO_PRETRAIN.items():
         if key not in user:
             setattr(cfg.pretrain, key, value)
-    labels = pq.read_table(manifest, columns=["label"]).column("label").to_pylist()
-    if cfg.pretrain.eval_labels is None and min(labels.count(v) for v in set(labels)) >= 2 and len(set(labels)) >= 2:
+    if cfg.pretrain.eval_labels is None and labels_allow_holdout(str(manifest)):
         cfg.pretrain.eval_labels = str(manifest)  # a held-out probe needs 2 slides of every class
     summary = run_pretraining(cfg, str(out / "tiles"), str(out / "pretrain"))
     return {k: summary[k] for k in ("items", "unit", "slides", "level", "metrics", "encoder")}

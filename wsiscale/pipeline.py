@@ -78,26 +78,14 @@ def _stage_regions(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     return {"out": paths.regions, "slides": s["slides"], "regions": s["tiles"]}
 
 
-def _has_probe_labels(manifest: str, column: str, storage: Any) -> bool:
-    """Whether the manifest labels at least 2 classes with 2 slides each (a held-out probe's minimum)."""
-    from collections import Counter
-
-    from wsiscale.eval.linear_probe import read_labels
-
-    try:
-        counts = Counter(read_labels(manifest, storage, column).values())
-    except (ConfigError, KeyError, ValueError):
-        return False
-    return len(counts) >= 2 and min(counts.values()) >= 2
-
-
 def _stage_pretrain(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    from wsiscale.pretrain.evaluate import labels_allow_holdout
     from wsiscale.pretrain.run import run_pretraining
 
     if cfg.pretrain.level != "region":
         raise ConfigError("the pipeline pretrains the region encoder on the regions stage's output: set "
                           "pretrain.level=region (patch-level DINO runs on tiles with `wsiscale pretrain --tiles`)")
-    if cfg.pretrain.eval_labels is None and _has_probe_labels(paths.manifest, cfg.eval.label_column, cfg.storage):
+    if cfg.pretrain.eval_labels is None and labels_allow_holdout(paths.manifest, cfg.storage):
         cfg.pretrain.eval_labels = paths.manifest  # held-out linear probe / kNN of the region encoder
     s = run_pretraining(cfg, paths.regions, paths.pretrain)
     keep = ("loss", "probe", "knn", "step", "epoch", "per_s")

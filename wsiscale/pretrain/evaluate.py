@@ -63,15 +63,39 @@ def slide_features(files: list[RegionFile], slides: list[int], shape: list[int],
     return np.stack([got[s] for s in slides])
 
 
-def load_eval_labels(uri: str, slide_ids: list[str], storage: Any = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(slides, labels, class names)``: run slide indices with a label, integer labels, the label values."""
+def read_eval_labels(uri: str, storage: Any = None) -> dict[str, Any]:
+    """``{slide_id: label}`` of a ``pretrain.eval_labels`` table (rows without a label left out)."""
     from wsiscale.config import ConfigError
     from wsiscale.io.manifest import read_table
 
     t = read_table(uri, storage, "pretrain.eval_labels", string_columns=("slide_id",))
     if "slide_id" not in t.column_names or "label" not in t.column_names:
         raise ConfigError(f"pretrain.eval_labels {uri} needs 'slide_id' and 'label' columns, has {t.column_names}")
-    table = {str(s): v for s, v in zip(t.column("slide_id").to_pylist(), t.column("label").to_pylist()) if v is not None}
+    return {str(s): v for s, v in zip(t.column("slide_id").to_pylist(), t.column("label").to_pylist()) if v is not None}
+
+
+def labels_allow_holdout(uri: str, storage: Any = None) -> bool:
+    """Whether ``uri`` can serve as ``pretrain.eval_labels``: 2+ classes, each with 2+ labelled slides.
+
+    Callers that turn the held-out evaluation on by themselves (the demo, jobs/pipeline.py) ask this
+    first; an unusable table (missing, no ``label`` column, too few slides) answers False.
+    """
+    from collections import Counter
+
+    from wsiscale.config import ConfigError
+
+    try:
+        counts = Counter(read_eval_labels(uri, storage).values())
+    except (ConfigError, FileNotFoundError, ValueError):
+        return False
+    return len(counts) >= 2 and min(counts.values()) >= 2
+
+
+def load_eval_labels(uri: str, slide_ids: list[str], storage: Any = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(slides, labels, class names)``: run slide indices with a label, integer labels, the label values."""
+    from wsiscale.config import ConfigError
+
+    table = read_eval_labels(uri, storage)
     pos = {sid: i for i, sid in enumerate(slide_ids)}
     found = [(pos[s], v) for s, v in table.items() if s in pos]
     if not found:
