@@ -279,12 +279,13 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.usefixtures("ray_local")
 def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
-    """SLPD's clustering step on Ray Data actors: per-slide prototypes of teacher features, each region's
-    prototype, each slide's nearest slide by prototype matching and the matched prototypes."""
+    """SLPD's clustering step on a persistent pool of clustering actors: per-slide prototypes of teacher
+    features, each region's prototype, each slide's nearest slide by prototype matching and the matched
+    prototypes; the same actors serve the next epoch's teacher."""
     from wsiscale.config import WsiscaleConfig
     from wsiscale.pretrain.data import read_region_grids, region_files
     from wsiscale.pretrain.loop import build_model
-    from wsiscale.pretrain.slpd import SlideClusterer, cluster_step
+    from wsiscale.pretrain.slpd import ClusterPool, SlideClusterer, cluster_step
 
     run = str(tmp_path / "emb")
     _region_run(run, slides=8, regions=8, dim=16)
@@ -293,13 +294,26 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
     torch.manual_seed(0)
     state = build_model(p, shape, drop_path=0.0).state_dict()
     kw = dict(m=2, iters=10, restarts=2, actors=1, cpus_per_actor=0.5)
-    res = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=4, neighbours=1, **kw)
+    pj = p.model_dump(mode="json")
+    pool = ClusterPool(pj, shape, min_regions=4, **kw)
+    torch.manual_seed(1)
+    later = build_model(p, shape, drop_path=0.0).state_dict()  # "the next epoch's teacher"
+    try:
+        res = cluster_step(files, len(ids), shape, state, pj, m=2, neighbours=1, pool=pool)
+        res_later = cluster_step(files, len(ids), shape, later, pj, m=2, neighbours=1, pool=pool)
+        actors = list(pool.actors)
+    finally:
+        pool.close()
+    assert len(actors) == 1 and pool.version == 2  # one actor served both teachers
     assert res.valid.all() and res.prototypes.shape == (8, 2, 32)
     np.testing.assert_allclose(np.linalg.norm(res.prototypes, axis=-1), 1.0, atol=1e-5)
-    local = SlideClusterer(state, p.model_dump(mode="json"), shape, m=2, min_regions=4, iters=10, restarts=2, seed=0)
-    for f in files:  # one file per slide here: each region's prototype is its nearest by cosine
-        z = local.features(read_region_grids(f.uri, None, shape))
-        np.testing.assert_array_equal(res.assign[f.slide], (z @ res.prototypes[f.slide].T).argmax(1))
+    local = SlideClusterer(pj, shape, m=2, min_regions=4, iters=10, restarts=2)
+    for r, teacher in ((res, state), (res_later, later)):
+        local.load(teacher, version=0, seed=0)
+        for f in files:  # one file per slide here: each region's prototype is its nearest by cosine
+            z = local.features(read_region_grids(f.uri, None, shape))
+            np.testing.assert_array_equal(r.assign[f.slide], (z @ r.prototypes[f.slide].T).argmax(1))
+    assert not np.allclose(res.prototypes, res_later.prototypes)  # the actor did load the later teacher
     nb = res.neighbour_slides[:, 0]
     assert (nb != np.arange(8)).all() and (nb % 2 == np.arange(8) % 2).all()  # slide parity is its class
     for s in range(8):
@@ -320,7 +334,7 @@ def test_slpd_cluster_step_prototypes_assignments_and_neighbours(tmp_path):
         assert got["target_ok"].all() and (got["target_epoch"] == 5).all()
         np.testing.assert_array_equal(got["intra"], prototype_targets(a, sl, protos).numpy())
         np.testing.assert_array_equal(got["inter"][:, 0], prototype_targets(a, sl, protos, nbs, nbp).numpy())
-    none = cluster_step(files, len(ids), shape, state, p.model_dump(mode="json"), min_regions=100, neighbours=1, **kw)
+    none = cluster_step(files, len(ids), shape, state, pj, min_regions=100, neighbours=1, **kw)  # its own pool
     assert not none.valid.any() and (none.neighbour_slides == -1).all() and all(len(a) == 0 for a in none.assign)
     write_targets(none, uri, epoch=6)  # no slide clustered: regions get no target
     got = read_region_targets(uri, 3, 0, 4)

@@ -47,16 +47,20 @@ class TeacherFeatures:
         from wsiscale.config import DinoConfig
         from wsiscale.pretrain.loop import build_model, image_normaliser
 
-        if not isinstance(teacher_state, dict):  # an object-store reference (shared by every actor)
+        self.p = DinoConfig.model_validate(pretrain)
+        self.model = build_model(self.p, shape, drop_path=0.0)
+        self.load(teacher_state)
+        self.shape, self.batch, self.torch = shape, batch, torch
+        self.normalise = image_normaliser(self.p) if self.p.level == "patch" else None
+
+    def load(self, teacher_state: Any) -> None:
+        """Load a state dict (or an object-store reference to one: every actor shares one copy)."""
+        if not isinstance(teacher_state, dict):
             import ray
 
             teacher_state = ray.get(teacher_state)
-        self.p = DinoConfig.model_validate(pretrain)
-        self.model = build_model(self.p, shape, drop_path=0.0)
         self.model.load_state_dict(teacher_state)
         self.model.eval()
-        self.shape, self.batch, self.torch = shape, batch, torch
-        self.normalise = image_normaliser(self.p) if self.p.level == "patch" else None
 
     def __call__(self, items: np.ndarray, crop: int | None = None, head: bool = False) -> np.ndarray:
         """``[n, embed_dim]`` backbone features (or ``[n, bottleneck]`` normalised head features)."""

@@ -160,7 +160,8 @@ def _autocast(device: torch.device, precision: str):
 class SlpdTargets:
     """SLPD's per-epoch clustering step, and its intra-/inter-slide losses for a batch.
 
-    Rank 0 runs :func:`wsiscale.pretrain.slpd.cluster_step` with the current teacher and writes
+    Rank 0 runs :func:`wsiscale.pretrain.slpd.cluster_step` with the current teacher on the attempt's
+    persistent :class:`~wsiscale.pretrain.slpd.ClusterPool` (created at the first step) and writes
     the per-slide targets (:func:`~wsiscale.pretrain.slpd.write_targets`) where the region
     dataset's read tasks look them up, so every batch arrives with its regions' targets
     (``intra [B, d]``, ``inter [B, r, d]``, ``target_ok [B]``, ``target_epoch [B]``). Only the
@@ -172,16 +173,20 @@ class SlpdTargets:
 
     @classmethod
     def compute(cls, config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, world: int, epoch: int,
-                device: torch.device) -> "SlpdTargets":
+                pool: list) -> "SlpdTargets":
+        """``pool``: ``[ClusterPool]`` once rank 0 has created it (``[]`` before), kept by the caller."""
         from wsiscale.pretrain.data import RegionFile
-        from wsiscale.pretrain.slpd import cluster_step, write_targets
+        from wsiscale.pretrain.slpd import ClusterPool, cluster_step, write_targets
 
         def step() -> tuple[int, int]:
+            if not pool:
+                pool.append(ClusterPool(p.model_dump(mode="json"), config["shape"], m=p.prototypes,
+                                        min_regions=p.min_regions, iters=p.cluster_iters,
+                                        restarts=p.cluster_restarts, storage=config.get("storage"),
+                                        actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus))
             result = cluster_step([RegionFile(**f) for f in config["files"]], int(config["n_slides"]),
                                   config["shape"], _cpu_state(teacher), p.model_dump(mode="json"), m=p.prototypes,
-                                  min_regions=p.min_regions, neighbours=p.nearest_slides, iters=p.cluster_iters,
-                                  restarts=p.cluster_restarts, seed=p.seed + epoch, storage=config.get("storage"),
-                                  actors=p.cluster_actors, cpus_per_actor=p.cluster_cpus)
+                                  neighbours=p.nearest_slides, seed=p.seed + epoch, pool=pool[0])
             write_targets(result, config["targets_uri"], epoch, config.get("storage"))
             return epoch, int(result.valid.sum())
 
@@ -302,11 +307,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_eval = p.eval_every > 0 and config.get("eval") is not None
     t_last, n_last = time.perf_counter(), 0
     targets: SlpdTargets | None = None
+    cluster_pool: list = []  # rank 0's persistent clustering actors, created at the first clustering step
     while step < total:
         epoch, skip = divmod(step, spe)
         progressed = False
         if p.method == "slpd" and epoch >= p.warmup_epochs:  # SLPD's clustering step, once per epoch
-            targets = SlpdTargets.compute(config, p, teacher, rank, world, epoch, device)
+            targets = SlpdTargets.compute(config, p, teacher, rank, world, epoch, cluster_pool)
         for i, b in enumerate(shard.iter_torch_batches(batch_size=batch, drop_last=True)):
             if i < skip:
                 continue
@@ -380,6 +386,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     ray.train.report(metrics)
         if not progressed:  # the shard ended before the epoch's steps: avoid spinning
             raise RuntimeError(f"worker {rank}: the dataset shard gave no batch for epoch {epoch} (skip {skip})")
+    for pool in cluster_pool:  # (a failed attempt's actors go with its worker, their owner)
+        pool.close()
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, items: int, module: nn.Module,

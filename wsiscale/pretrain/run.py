@@ -136,11 +136,16 @@ def check_data_cpus(cfg: WsiscaleConfig, workers: int, cpus_per_worker: float | 
     total = ray.cluster_resources().get("CPU", 0.0)
     per = cfg.pretrain.cpus_per_worker if cpus_per_worker is None else cpus_per_worker
     held = workers * per
+    holders, fix = f"the {workers} training workers hold", f"{section}.cpus_per_worker or {section}.num_workers"
+    p = cfg.pretrain
+    if section == "pretrain" and p.method == "slpd":  # SLPD's clustering actors live as long as the attempt
+        held += p.cluster_actors * p.cluster_cpus
+        holders = f"the {workers} training workers and {p.cluster_actors} SLPD clustering actor(s) hold"
+        fix += ", pretrain.cluster_cpus or pretrain.cluster_actors"
     if total - held >= READ_TASK_CPUS:
         return
-    msg = (f"the {workers} training workers hold {held:g} of the cluster's {total:g} CPUs, leaving less than the "
-           f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {section}.cpus_per_worker or "
-           f"{section}.num_workers, or add CPUs")
+    msg = (f"{holders} {held:g} of the cluster's {total:g} CPUs, leaving less than the "
+           f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {fix}, or add CPUs")
     if cfg.ray.address is None:
         raise ConfigError(msg)
     log.warning("%s (waiting for the autoscaler to add CPUs)", msg)

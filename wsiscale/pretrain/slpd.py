@@ -14,12 +14,15 @@ Once per epoch after the DINO warm-up, SLPD:
 4. maps every prototype of a slide to the most similar prototype of each
    neighbour slide (argmax cosine, as the official code).
 
-Here step 1 and 2 run together in Ray Data actors, one slide at a time: an
-actor holds the teacher, embeds a slide's regions and clusters them right
-away, so no process ever holds the features of all regions (only ``M``
-prototypes and one small assignment vector per slide come back). Step 3 is
-:func:`wsiscale.index.prototypes.all_neighbours` (summary-vector candidates,
-exact matching re-ranking, on Ray actors).
+Here step 1 and 2 run together in a persistent pool of clustering actors
+(:class:`ClusterPool`, created once per training attempt and kept for every
+epoch), one slide at a time: an actor holds the teacher, embeds a slide's
+regions and clusters them right away, so no process ever holds the features of
+all regions (only ``M`` prototypes and one small assignment vector per slide
+come back). Each epoch the new teacher goes to the object store once and every
+actor loads it on its first task of the epoch; an actor that dies is restarted
+and its task retried. Step 3 is :func:`wsiscale.index.prototypes.all_neighbours`
+(summary-vector candidates, exact matching re-ranking, on Ray actors).
 
 The targets reach the training workers with the data: :func:`write_targets`
 stores each slide's assignments, prototypes and matched neighbour prototypes
@@ -59,16 +62,37 @@ class ClusterResult:
 
 
 class SlideClusterer:
-    """Ray Data actor body: teacher features of one slide's regions, then the slide's prototypes."""
+    """Clustering actor body: teacher features of one slide's regions, then the slide's prototypes.
 
-    def __init__(self, teacher_state: Any, pretrain: dict, shape: list[int], m: int, min_regions: int,
-                 iters: int, restarts: int, seed: int, storage: Any = None, batch: int = 256) -> None:
+    Built once with the run's settings; :meth:`cluster` takes the epoch's teacher (an object-store
+    reference, loaded when the epoch changes) and a group of slides.
+    """
+
+    def __init__(self, pretrain: dict, shape: list[int], m: int, min_regions: int, iters: int, restarts: int,
+                 storage: Any = None, batch: int = 256) -> None:
+        self.pretrain, self.shape, self.m, self.min_regions = pretrain, shape, m, min_regions
+        self.iters, self.restarts, self.storage, self.batch = iters, restarts, storage, batch
+        self.teacher: Any = None
+        self.version: int | None = None
+        self.seed = 0
+
+    def load(self, teacher_state: Any, version: int, seed: int) -> None:
+        """Load teacher ``version`` (a state dict or an object-store reference to one)."""
         from wsiscale.pretrain.features import TeacherFeatures
 
-        self.teacher = TeacherFeatures(teacher_state, pretrain, shape, batch)
-        self.shape, self.m, self.min_regions = shape, m, min_regions
-        self.iters, self.restarts, self.seed, self.storage = iters, restarts, seed, storage
-        self.crop = self.teacher.p.global_crop_tokens
+        if self.teacher is None:
+            self.teacher = TeacherFeatures(teacher_state, self.pretrain, self.shape, self.batch)
+            self.crop = self.teacher.p.global_crop_tokens
+        else:
+            self.teacher.load(teacher_state)
+        self.version, self.seed = version, seed
+
+    def cluster(self, teacher: list, version: int, seed: int, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` (``slide``, ``uris``) clustered with teacher ``version`` (``teacher``: ``[ref]``, kept
+        wrapped so that Ray does not fetch it for the tasks of a version already loaded)."""
+        if self.version != version:
+            self.load(teacher[0], version, seed)
+        return self(batch)
 
     def features(self, grids: np.ndarray) -> np.ndarray:
         """``[n, D, g, g]`` -> ``[n, bottleneck]`` normalised teacher features of the centre crops."""
@@ -98,32 +122,75 @@ class SlideClusterer:
                 "assign": np.array(assigns + [None], dtype=object)[:-1]}
 
 
+class ClusterPool:
+    """A persistent pool of :class:`SlideClusterer` actors for SLPD's clustering step.
+
+    Created by rank 0 at its first clustering step and kept for the attempt, so each epoch
+    costs the clustering work, not actor start-up (a process importing torch per actor).
+    ``actors`` actors of ``cpus_per_actor`` CPUs each (restarted when they die, tasks retried);
+    slides go out in groups of ``slides_per_task`` and come back as they finish.
+    """
+
+    def __init__(self, pretrain: dict, shape: list[int], m: int = 4, min_regions: int = 16, iters: int = 10,
+                 restarts: int = 3, storage: Any = None, actors: int = 1, cpus_per_actor: float = 1.0,
+                 slides_per_task: int = 8) -> None:
+        import ray
+
+        actor = ray.remote(SlideClusterer).options(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=-1)
+        self.actors = [actor.remote(pretrain, shape, m, min_regions, iters, restarts, storage)
+                       for _ in range(actors)]
+        self.m, self.slides_per_task, self.version = m, slides_per_task, 0
+
+    def cluster(self, items: list[dict[str, Any]], teacher_state: dict, seed: int):
+        """Yield each group's result (``slide``, ``prototypes``, ``valid``, ``assign``) as it finishes.
+
+        ``seed``: the k-means seed of this call (per slide: :func:`wsiscale.index.slides.slide_seed`)."""
+        import ray
+        from ray.util import ActorPool
+
+        self.version += 1
+        ref, version = [ray.put(teacher_state)], self.version
+        k = self.slides_per_task
+        groups = [{"slide": np.array([it["slide"] for it in items[i : i + k]], np.int64),
+                   "uris": [it["uris"] for it in items[i : i + k]]} for i in range(0, len(items), k)]
+        pool = ActorPool(self.actors)
+        yield from pool.map_unordered(lambda a, g: a.cluster.remote(ref, version, seed, g), groups)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
 def cluster_step(files: list[RegionFile], n_slides: int, shape: list[int], teacher_state: dict, pretrain: dict,
                  m: int = 4, min_regions: int = 16, neighbours: int = 1, iters: int = 10, restarts: int = 3,
                  seed: int = 0, storage: Any = None, actors: int = 1, cpus_per_actor: float = 1.0,
-                 candidates: int = 1000) -> ClusterResult:
-    """SLPD's clustering step over every slide of a region run (Ray Data actors + slide-neighbour actors)."""
-    import ray
+                 candidates: int = 1000, pool: ClusterPool | None = None) -> ClusterResult:
+    """SLPD's clustering step over every slide of a region run (clustering actors + slide-neighbour actors).
 
+    ``pool``: the attempt's persistent :class:`ClusterPool` (one is created and closed here when None).
+    """
     from wsiscale.index.prototypes import all_neighbours
 
-    items = slide_items(files)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64 * actors)))
-    state_ref = ray.put(teacher_state)
-    out = ds.map_batches(SlideClusterer, batch_size=1, concurrency=actors, num_cpus=cpus_per_actor,
-                         fn_constructor_kwargs=dict(teacher_state=state_ref, pretrain=pretrain, shape=shape, m=m,
-                                                    min_regions=min_regions, iters=iters, restarts=restarts,
-                                                    seed=seed, storage=storage))
+    own = pool is None
+    if own:
+        pool = ClusterPool(pretrain, shape, m, min_regions, iters, restarts, storage, actors, cpus_per_actor)
     prototypes = None
     valid = np.zeros(n_slides, bool)
     assign: list[np.ndarray] = [np.zeros(0, np.int64)] * n_slides
-    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
-        for s, p, ok, a in zip(b["slide"], b["prototypes"], b["valid"], b["assign"]):
-            if prototypes is None:
-                prototypes = np.zeros((n_slides, *np.asarray(p).shape), np.float32)
-            prototypes[s] = p
-            valid[s] = bool(ok)
-            assign[s] = np.asarray(a, np.int64)
+    try:
+        for b in pool.cluster(slide_items(files), teacher_state, seed):
+            for s, p, ok, a in zip(b["slide"], b["prototypes"], b["valid"], b["assign"]):
+                if prototypes is None:
+                    prototypes = np.zeros((n_slides, *np.asarray(p).shape), np.float32)
+                prototypes[s] = p
+                valid[s] = bool(ok)
+                assign[s] = np.asarray(a, np.int64)
+    finally:
+        if own:
+            pool.close()
     assert prototypes is not None
     nb_slides = np.full((n_slides, neighbours), -1, np.int64)
     nb_protos = np.full((n_slides, m, neighbours), -1, np.int64)
