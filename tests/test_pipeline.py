@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,7 +212,7 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
 
     doc = json.loads((out / "pipeline.json").read_text())
     stages = doc["stages"]
-    assert list(stages) == ["tile", "embed", "regions", "pretrain", "index", "evaluate"]
+    assert list(stages) == ["tile", "embed", "regions", "pretrain", "index", "evaluate", "report"]
     assert all(s["status"] == "done" for s in stages.values()), stages
     for name in ("tile", "embed", "regions"):
         assert stages[name]["slides"]["done"] == 4 and stages[name]["slides"]["failed"] == 0, (name, stages[name])
@@ -225,6 +226,19 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
     # 4 slides of 3 classes cannot support a probe: recorded with the reason, not a failed job
     assert "fewer than 2" in stages["evaluate"]["linear_probe"]["skipped"]
     assert "slpd" in (out / "wsiscale.config.yaml").read_text()
+    # the run report: 4 slides x (thumbnail, tissue mask, tiles coloured by their slide prototype), 4 queries x
+    # (query + 2 neighbours), SLPD's loss terms over every step
+    from test_report import Page
+
+    page = Page((out / "report.html").read_text())
+    assert stages["report"]["images"] == len(page.images) == 4 * 3 + 4 * 3, stages["report"]
+    maps = [i for i, (a, _) in enumerate(page.images) if a.get("alt", "").startswith("prototype map of")]
+    assert maps == [2, 5, 8, 11]  # each slide's row: thumbnail, tissue, prototype map
+    for i in maps:  # the tissue tiles are painted over the thumbnail
+        assert 0.05 < (page.images[i][1] != page.images[i - 2][1]).any(axis=-1).mean() < 1.0
+    curves = {p["data-series"]: p["points"].count(",") for p in page.polylines}
+    steps = stages["pretrain"]["metrics"]["step"]
+    assert curves["loss"] == curves["dino_loss"] == curves["intra_loss"] == steps, (curves, steps)
 
     # Submitting the same job again resumes: every slide is skipped, training starts from its last checkpoint.
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "embeddings" / "embeddings").glob("*/*.parquet")}

@@ -528,6 +528,17 @@ def _index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from wsiscale.report import write_report
+
+    cfg = _load(args)
+    got = write_report(args.run, args.out, cfg.storage, slides=args.slides, queries=args.queries, k=args.k,
+                       label_column=cfg.eval.label_column)
+    console.print(f"report: [bold]{got['out']}[/bold] ({got['images']} images, {got['charts']} charts, "
+                  f"{got['failures']} failed slides listed)", highlight=False)
+    return 0
+
+
 def _retrieve(args: argparse.Namespace) -> int:
     from wsiscale.index.slides import SlideIndex
     from wsiscale.io.uri import join_uri
@@ -702,6 +713,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="also write neighbours.parquet: every slide's K nearest slides")
     b.set_defaults(func=_index_build)
+
+    p = sub.add_parser("report", help="an HTML page of a pipeline run: throughput, failures, loss curves, slide "
+                                      "thumbnails with tissue masks and prototype maps, retrieval examples, heatmaps")
+    p.add_argument("run", help="the run directory (jobs/pipeline.py's output; any URI)")
+    p.add_argument("--out", help="where the page goes (default: <run>/report.html)")
+    p.add_argument("--slides", type=int, default=6, help="slides in the gallery (default 6)")
+    p.add_argument("--queries", type=int, default=4, help="retrieval examples (default 4)")
+    p.add_argument("--k", type=int, default=4, help="neighbours shown per retrieval example (default 4)")
+    _common(p)
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("retrieve", help="the slides most similar to a slide (optimal prototype matching)")
     p.add_argument("--slide", required=True, help="query slide id")

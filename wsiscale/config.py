@@ -456,7 +456,7 @@ class EvalConfig(_Section):
         return value
 
 
-PipelineStage = Literal["tile", "embed", "regions", "pretrain", "index", "evaluate"]
+PipelineStage = Literal["tile", "embed", "regions", "pretrain", "index", "evaluate", "report"]
 PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)  # in pipeline order
 
 
@@ -468,8 +468,10 @@ class PipelineConfig(_Section):
         description="stages to run, in this order: tile (manifest -> tile shards), embed (tiles -> tile "
                     "embeddings), regions (manifest -> regions-mode patch grids), pretrain (SLPD/DINO on the "
                     "regions), index (k-means + per-slide prototypes + slide neighbours), evaluate (retrieval and "
-                    "linear probe on the manifest's labels)")
+                    "linear probe on the manifest's labels), report (<output>/report.html)")
     neighbours: int = Field(5, ge=1, description="nearest slides written per slide by the index stage (retrieval@k)")
+    report_slides: int = Field(6, ge=0, description="slides in the report's gallery (thumbnail, tissue, prototypes)")
+    report_queries: int = Field(4, ge=0, description="retrieval examples in the report (query + its neighbours)")
 
     @field_validator("stages")
     @classmethod

@@ -14,6 +14,7 @@ pretrain   SLPD (or DINO) region encoder on Ray Train             ``<output>/pre
 index      k-means + per-slide prototypes + slide neighbours      ``<output>/clusters``,
                                                                   ``<output>/slide-index``
 evaluate   retrieval@k and linear probe on the manifest labels    ``<output>/eval``
+report     the run report (:mod:`wsiscale.report`)                ``<output>/report.html``
 =========  =====================================================  ==============================
 
 Resubmitting the same job resumes: done slides are skipped by tiling and embedding, training resumes
@@ -135,9 +136,18 @@ def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     return doc
 
 
+def _stage_report(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    """``<output>/report.html`` (:func:`wsiscale.report.write_report`); reads ``pipeline.json`` as written so far."""
+    from wsiscale.report import write_report
+
+    return write_report(paths.output, storage=cfg.storage, slides=cfg.pipeline.report_slides,
+                        queries=cfg.pipeline.report_queries, k=cfg.pipeline.neighbours,
+                        label_column=cfg.eval.label_column)
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[WsiscaleConfig, Paths], dict[str, Any]]] = {
     "tile": _stage_tile, "embed": _stage_embed, "regions": _stage_regions, "pretrain": _stage_pretrain,
-    "index": _stage_index, "evaluate": _stage_evaluate,
+    "index": _stage_index, "evaluate": _stage_evaluate, "report": _stage_report,
 }
 
 
