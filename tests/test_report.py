@@ -15,7 +15,6 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 
 
 class Page(HTMLParser):
