@@ -266,9 +266,11 @@ class DinoConfig(_Section):
     min_regions: int = Field(32, ge=1, description="slides with fewer regions are not clustered (32 NSCLC, 16 BRCA)")
     cluster_iters: int = Field(10, ge=1)
     cluster_restarts: int = Field(3, ge=1)
-    cluster_actors: int = Field(1, ge=1, description="Ray Data actors of the clustering step (each holds the teacher)")
+    cluster_actors: int = Field(1, ge=1, description="SLPD clustering actors (each holds the teacher; kept for the run)")
     cluster_cpus: float = Field(1.0, gt=0, description="CPUs per clustering actor")
     num_workers: tuple[int, int] = Field((1, 1), description="elastic (min, max) Ray Train workers")
+    resize_check_s: float = Field(60.0, gt=0, description="elastic runs (min < max): how often Ray Train checks "
+                                  "for room for more workers; a resize restarts the workers from the last checkpoint")
     use_gpu: bool = False
     preserve_order: bool = Field(True, description="read regions/tiles in a fixed order (Ray Data preserve_order): "
                                  "with one worker a resumed run repeats the uninterrupted one")

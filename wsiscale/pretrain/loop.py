@@ -297,8 +297,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = min(total, int(state["items"]) // (batch * world))  # the position is kept in items
-        history = [h for h in meta.get("history", []) if h["step"] <= step]
-        evaluations = [e for e in meta.get("evaluations", []) if e["step"] <= step]
+        # records past the resumed position are redone; kept by items, so a resize (another world) keeps them right
+        pos = step * batch * world
+        history = [h for h in meta.get("history", []) if h.get("items", h["step"] * batch * world) <= pos]
+        evaluations = [e for e in meta.get("evaluations", []) if e.get("items", e["step"] * batch * world) <= pos]
     resumed_from = step
     shard = ray.train.get_dataset_shard("train")
     if step >= total:  # resumed a finished run: nothing to train
@@ -360,13 +362,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       "clustered_slides": targets.clustered if targets is not None else 0,
                       "lr": float(lr[step - 1]), "weight_decay": float(wd[step - 1]),
                       "teacher_momentum": float(mom[step - 1]), "teacher_temp": float(ttemp[epoch]),
-                      "time": time.time()}
+                      "items": step * batch * world, "world": world, "time": time.time()}
             history.append(record)
             last = step == total
             epoch_end = step % spe == 0
             evaluated = {}
             if run_eval and epoch_end and ((epoch + 1) % p.eval_every == 0 or last):
-                evaluated = _evaluate(config, p, teacher, rank, world) | {"epoch": epoch, "step": step}
+                evaluated = _evaluate(config, p, teacher, rank, world) | {"epoch": epoch, "step": step,
+                                                                          "items": step * batch * world}
                 evaluations.append(evaluated)
             if step % p.checkpoint_every == 0 or step % p.log_every == 0 or last or evaluated:
                 now = time.perf_counter()

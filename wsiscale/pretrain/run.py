@@ -86,7 +86,8 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
     lo, hi = p.num_workers
     check_data_cpus(cfg, hi)
     scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
-                                      resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}))
+                                      resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}),
+                                      **({"elastic_resize_monitor_interval_s": p.resize_check_s} if lo != hi else {}))
     run_config = ray.train.RunConfig(
         name="pretrain", **ray_storage(out, cfg.storage),
         failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
