@@ -22,8 +22,10 @@ for better slide-level features). SLPD is trained the same way and reported next
 cohort it matches DINO (within about 0.01 on both measures) and does not beat it, so only sanity
 is asserted for it.
 
-Two seeds take about 4 minutes on 2 CPUs. Run with ``-s`` to see the table;
-``WSISCALE_LEARNING_SEEDS=0,1,2`` changes the seeds.
+DINO on two seeds takes about 4 minutes on 2 CPUs, SLPD on the first seed 2 more. Run with ``-s`` to see
+the table; ``WSISCALE_LEARNING_SEEDS=0,1,2`` changes the seeds and ``WSISCALE_SLPD_ALL_SEEDS=1`` trains
+SLPD on every one of them. Measured 2026-12-07 (seeds 0, 1; AUC / ARI, mean +- std): random
+0.827 +- 0.028 / 0.055 +- 0.007, DINO 0.881 +- 0.006 / 0.378 +- 0.062, SLPD 0.878 +- 0.006 / 0.382 +- 0.070.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from learning_cohort import CohortSpec, make_cohort, write_region_run
 from wsiscale.synth.layout import LayoutParams
 
 SEEDS = tuple(int(s) for s in os.environ.get("WSISCALE_LEARNING_SEEDS", "0,1").split(","))
+#: SLPD is only checked against the random encoder here (it matches DINO, see the module docstring): the
+#: first seed in CI, every seed with WSISCALE_SLPD_ALL_SEEDS=1 (the figures in docs/benchmarks.md).
+SLPD_SEEDS = SEEDS if os.environ.get("WSISCALE_SLPD_ALL_SEEDS") == "1" else SEEDS[:1]
 PROTOTYPES = 4
 SPEC = CohortSpec(slides_per_label=10, layout=LayoutParams(region_um=700.0, dust=False, mix_concentration=40.0,
                                                            tumour_fraction=(0.02, 0.06)))
@@ -108,15 +113,15 @@ def _train_and_measure(method: str, seed: int, root, cohorts) -> dict[str, float
     return _measures(load_region_encoder(summary["encoder"]), train, test) | {"loss": float(m["loss"])}
 
 
-def _table(results: dict[str, dict[int, dict[str, float]]]) -> str:
-    lines = [f"{'':8s}" + "".join(f"{k:>22s}" for k in ("auc", "ari")) + "   per seed " + str(SEEDS)]
+def _table(results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...] = SEEDS) -> str:
+    lines = [f"{'':8s}" + "".join(f"{k:>22s}" for k in ("auc", "ari")) + "   per seed " + str(seeds)]
     for name, per_seed in results.items():
         cells = ""
         for k in ("auc", "ari"):
-            v = np.array([per_seed[s][k] for s in SEEDS])
+            v = np.array([per_seed[s][k] for s in seeds])
             cells += f"{v.mean():>14.3f} +- {v.std():.3f}"
         lines.append(f"{name:8s}{cells}   " + "  ".join(f"{per_seed[s]['auc']:.3f}/{per_seed[s]['ari']:.3f}"
-                                                        for s in SEEDS))
+                                                        for s in seeds))
     return "\n".join(lines)
 
 
@@ -178,10 +183,11 @@ def test_slpd_region_features_beside_dino(random_results, dino_results, cohorts,
     still beat the random encoder (tissue types per seed, slide label on average). Its AUC/ARI are reported
     next to DINO's, not ranked against them."""
     root = tmp_path_factory.mktemp("slpd")
-    slpd = {seed: _train_and_measure("slpd", seed, root, cohorts) for seed in SEEDS}
-    print("\n" + _table({"random": random_results, "dino": dino_results, "slpd": slpd}))
-    for seed in SEEDS:
+    seeds = SLPD_SEEDS
+    slpd = {seed: _train_and_measure("slpd", seed, root, cohorts) for seed in seeds}
+    print("\n" + _table({"random": random_results, "dino": dino_results, "slpd": slpd}, seeds))
+    for seed in seeds:
         s, r = slpd[seed], random_results[seed]
         assert np.isfinite(s["auc"]) and np.isfinite(s["ari"]) and s["auc"] > 0.5, (seed, s)
         assert s["ari"] > r["ari"] + 0.15, (seed, s, r)
-    assert np.mean([slpd[s]["auc"] - random_results[s]["auc"] for s in SEEDS]) > 0.025, (slpd, random_results)
+    assert np.mean([slpd[s]["auc"] - random_results[s]["auc"] for s in seeds]) > 0.025, (slpd, random_results)

@@ -126,6 +126,15 @@ def _partial_run(tmp_path, cohort):
     nb = [[ids[(i + 1) % 6], ids[(i + 2) % 6]] for i in range(6)]
     pq.write_table(pa.table({"slide_id": ids, "neighbours": nb, "scores": [[0.9, 0.8]] * 6}),
                    run / "slide-index" / "neighbours.parquet")
+    # two kept checkpoints (the newer has 3 steps) beside Ray Train's snapshot file
+    base = run / "pretrain" / "pretrain"
+    hist = [{"step": i, "loss": 4.0 - i, "dino_loss": 4.0 - i, "intra_loss": 0.0, "inter_loss": 0.0, "lr": 1e-3 * i,
+             "teacher_temp": 0.04} for i in (1, 2, 3)]
+    for name, n in (("checkpoint_2026-12-07_10-00-00.000001", 2), ("checkpoint_2026-12-07_10-00-01.000001", 3)):
+        (base / name).mkdir(parents=True)
+        (base / name / "meta.json").write_text(json.dumps({"pretrain": {"method": "slpd"}, "history": hist[:n],
+                                                            "metrics": {"step": n}}))
+    (base / "checkpoint_manager_snapshot.json").write_text("{}")
     return run, ids, labels, nb
 
 
@@ -155,7 +164,9 @@ def test_report_of_a_partial_run(tmp_path, cohort):
         i = ids.index(q)
         expect += [""] + ["hit" if label[n] == label[q] else "miss" for n in nb[i]]
     assert framed == expect
-    assert "No pretraining checkpoint" in (run / "report.html").read_text()
+    curves = {p["data-series"]: p["points"].split() for p in page.polylines}
+    assert set(curves) == {"loss", "dino_loss", "lr"} and len(curves["loss"]) == 3  # the newest checkpoint
+    assert "SLPD loss per step" in (run / "report.html").read_text()
 
 
 def test_report_cli_and_not_a_run(tmp_path, cohort, capsys):

@@ -30,7 +30,7 @@ def load_json(uri: str, storage: Any = None) -> Any | None:
     try:
         with fs.open(path, "rb") as fh:
             return json.loads(fh.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -65,7 +65,7 @@ def pretrain_meta(run: str, storage: Any = None) -> dict[str, Any] | None:
 
     base = join_uri(run, "pretrain", "pretrain")
     metas = [load_json(join_uri(base, n, "meta.json"), storage)
-             for n in list_names(base, storage) if n.startswith("checkpoint_")]
+             for n in list_names(base, storage) if n.startswith("checkpoint_") and not n.endswith(".json")]
     metas = [m for m in metas if m]
     return max(metas, key=lambda m: (m.get("metrics") or {}).get("step", 0)) if metas else None
 
