@@ -2,8 +2,8 @@
 (generated SVS slides, failure records, hand-written neighbours) read back with an HTML parser.
 
 The whole pipeline's report (tiles, SLPD loss curves, prototype maps from the run's slide index) is
-checked in ``tests/test_pipeline.py``, where the submitted job writes it.
-No headless browser runs here: none can be installed offline on this machine (see docs/report.md).
+checked in ``tests/test_pipeline.py``, where the submitted job writes it; a real headless Chromium
+(Qt WebEngine) renders a report and is screenshotted here.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def _partial_run(tmp_path, cohort):
     m = read_manifest(str(manifest))
     ids, labels = m.column("slide_id").to_pylist(), m.column("label").to_pylist()
     doc = {"output": run.as_uri(), "manifest": str(manifest), "seconds": 30.0, "stages": {
-        "tile": {"status": "done", "seconds": 20.0, "slides": {"done": 6, "failed": 1}, "tiles": 500},
+        "tile": {"status": "done", "seconds": 20.0, "slides": {"done": 6, "failed": 1},
+                 "tiles": {"total": 500, "this_run": 400}},  # a resumed run: 400 tiles in this run's 20 s
         "embed": {"status": "failed", "seconds": 1.5, "error": "EncoderError: no weights for <vit>"}}}
     (run / "pipeline.json").write_text(json.dumps(doc))
     pq.write_table(failures_table([{"status": "failed", "slide_id": "broken-7", "name": "broken-7",
@@ -147,7 +148,7 @@ def test_report_of_a_partial_run(tmp_path, cohort):
     page = Page((run / "report.html").read_text())
     assert {"stages", "failures", "training", "evaluation", "slides", "retrieval", "heatmaps"} <= set(page.ids)
     rows = {r[0]: r for r in page.rows if len(r) == 7}  # the stages table
-    assert rows["tile"][1:] == ["done", "20", "6", "1", "500", "25.0 tiles/s"]
+    assert rows["tile"][1:] == ["done", "20", "6", "1", "500", "20.0 tiles/s"]
     assert rows["embed"][1].startswith("failed") and "no weights for <vit>" in rows["embed"][1]  # escaped, shown
     assert ["tile", "broken-7", "file:///archive/broken-7.svs", "CorruptSlideError",
                              "file:///archive/broken-7.svs: truncated TIFF"] in page.rows
@@ -181,3 +182,38 @@ def test_report_cli_and_not_a_run(tmp_path, cohort, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     said = capsys.readouterr()
     assert "jobs/pipeline.py" in (said.out + said.err).replace("\n", "")
+
+
+def test_report_renders_in_headless_chromium(tmp_path, cohort):
+    """A real browser (Chromium inside Qt WebEngine, offscreen) loads the report, decodes every image and lays
+    out every chart; the screenshot shows the first slide thumbnail, pixel for pixel, where the browser put it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from wsiscale.report import write_report
+
+    run, *_ = _partial_run(tmp_path, cohort)
+    write_report(str(run), slides=2, queries=1, k=2, thumb_size=128)
+    shot, layout_file = tmp_path / "shot.png", tmp_path / "layout.json"
+    script = Path(__file__).with_name("browser_shot.py")
+    done = subprocess.run([sys.executable, str(script), str(run / "report.html"), str(shot), str(layout_file)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and shot.exists(), done.stderr[-3000:]
+    layout = json.loads(layout_file.read_text())
+    assert layout["title"].startswith("wsiscale report")
+    page = Page((run / "report.html").read_text())
+    assert len(layout["images"]) == len(page.images) == 2 * 2 + 1 * 3
+    for seen, (_, decoded) in zip(layout["images"], page.images):  # the browser decoded each image at its size
+        assert seen["complete"] and seen["natural"] == [decoded.shape[1], decoded.shape[0]], seen
+    assert {p["series"] for p in layout["polylines"]} == {"loss", "dino_loss", "lr"}
+    assert all(p["box"][2] > 50 for p in layout["polylines"])  # drawn across the chart
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[0] >= layout["height"] - 1 and img.shape[1] == 1280
+    x, y, w, h = (int(round(v)) for v in layout["images"][0]["box"])
+    thumb = page.images[0][1]
+    inner = img[y + 1 : y + 1 + thumb.shape[0], x + 1 : x + 1 + thumb.shape[1]].astype(int)  # inside the 1 px border
+    assert np.abs(inner - thumb.astype(int)).mean() < 2.0
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # text, tables, charts and images, not a blank page

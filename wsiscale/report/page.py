@@ -64,10 +64,18 @@ class Markup(str):
     """Text already escaped (a cell with markup)."""
 
 
-def _stage_count(stage: str, fig: dict[str, Any]) -> tuple[str, float] | None:
+def _stage_items(stage: str, fig: dict[str, Any]) -> tuple[int | str, str]:
+    """``(items, throughput)`` of a stage: its count (``{"total", "this_run"}`` or a number) and the rate of
+    this run's items over the stage's seconds (pretraining: its own steady-state rate)."""
     key = THROUGHPUT.get(stage)
     v = fig.get(key) if key else None
-    return (key, float(v)) if isinstance(v, (int, float)) else None
+    total, this_run = (v.get("total"), v.get("this_run")) if isinstance(v, dict) else (v, v)
+    secs = fig.get("seconds")
+    if stage == "pretrain":
+        rate = next((r for k, r in (fig.get("metrics") or {}).items() if k.endswith("_per_s")), None)
+        return (total if total is not None else "", f"{rate:,.1f} {key}/s (training)" if rate else "")
+    rate = f"{this_run / secs:,.1f} {key}/s" if isinstance(this_run, (int, float)) and this_run and secs else ""
+    return (int(total) if isinstance(total, (int, float)) else "", rate)
 
 
 def stages_section(facts: RunFacts) -> str:
@@ -79,13 +87,13 @@ def stages_section(facts: RunFacts) -> str:
         slides = fig.get("slides")
         done = slides.get("done") if isinstance(slides, dict) else slides
         failed = slides.get("failed", 0) if isinstance(slides, dict) else 0
-        count = _stage_count(name, fig)
+        items, rate = _stage_items(name, fig)
         secs = fig.get("seconds")
-        rate = f"{count[1] / secs:,.1f} {count[0]}/s" if count and secs else ""
-        status = Markup(f'<span class="{_e(fig.get("status"))}">{_e(fig.get("status"))}</span>'
+        state = "writing this page" if name == "report" and fig.get("status") == "running" else fig.get("status")
+        status = Markup(f'<span class="{_e(fig.get("status"))}">{_e(state)}</span>'
                         + (f"<br>{_e(fig['error'])}" if fig.get("error") else ""))
         rows.append([name, status, secs if secs is not None else "", done if done is not None else "",
-                     failed, int(count[1]) if count else "", rate])
+                     failed, items, rate])
     total = (facts.pipeline or {}).get("seconds")
     return (_table(["stage", "status", "seconds", "slides", "failed", "items", "throughput"], rows, "stages")
             + (f"<p>Whole run: {total:,.1f} s.</p>" if total else ""))
