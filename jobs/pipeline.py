@@ -1,4 +1,4 @@
-"""`ray job submit` entrypoint: the whole chain (tile -> embed -> regions -> SLPD -> index -> evaluate) from one config.
+"""`ray job submit` entrypoint: the whole chain (tile -> embed -> regions -> SLPD -> region features -> index -> evaluate -> report) from one config.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/pipeline.py --config jobs/configs/pipeline.yaml

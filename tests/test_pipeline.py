@@ -211,12 +211,17 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
 
     doc = json.loads((out / "pipeline.json").read_text())
     stages = doc["stages"]
-    assert list(stages) == ["tile", "embed", "regions", "pretrain", "index", "evaluate", "report"]
+    assert list(stages) == ["tile", "embed", "regions", "pretrain", "features", "index", "evaluate", "report"]
     assert all(s["status"] == "done" for s in stages.values()), stages
     for name in ("tile", "embed", "regions"):
         assert stages[name]["slides"]["done"] == 4 and stages[name]["slides"]["failed"] == 0, (name, stages[name])
     assert stages["pretrain"]["method"] == "slpd" and stages["pretrain"]["slides"] == 4
     assert (out / "pretrain" / "encoder" / "encoder.json").exists()
+    # the index is on the SLPD encoder's region features (16-d region ViT), one row per region
+    assert stages["features"]["slides"]["done"] == 4 and stages["features"]["dim"] == 16
+    assert stages["features"]["regions"]["total"] == stages["pretrain"]["regions"]  # every region the encoder saw
+    index_meta = json.loads((out / "slide-index" / "index.json").read_text())
+    assert index_meta["embeddings"].endswith("/region-features") and index_meta["dim"] == 16
     assert stages["index"]["slides_indexed"] == 4
     neighbours = out / "slide-index" / "neighbours.parquet"
     assert neighbours.exists()
@@ -244,7 +249,7 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
     assert _submit(address, env, token, ["--config", str(config), "--synth", "4"],
                    ["--working-dir", "."])["status"] == "SUCCEEDED"
     again = json.loads((out / "pipeline.json").read_text())["stages"]
-    for name in ("tile", "embed", "regions"):
+    for name in ("tile", "embed", "regions", "features"):
         assert again[name]["slides"]["skipped_already_done"] == 4, (name, again[name])
     assert again["pretrain"]["metrics"]["step"] == stages["pretrain"]["metrics"]["step"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes

@@ -370,3 +370,58 @@ def test_slpd_loop_adds_intra_and_inter_slide_losses_after_the_warm_up(tmp_path)
     for h in slpd:
         assert h["loss"] == pytest.approx(h["dino_loss"] + h["intra_loss"] + h["inter_loss"], rel=1e-5)
     assert json.loads((tmp_path / "pre" / "encoder" / "encoder.json").read_text())["method"] == "slpd"
+
+
+def _export_region_vit(p, shape, directory, seed: int) -> None:
+    """An encoder directory as `wsiscale pretrain` exports it, from a freshly initialised region ViT."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from wsiscale.pretrain.loop import build_model
+
+    torch.manual_seed(seed)
+    backbone = build_model(p, shape, drop_path=0.0).backbone
+    directory.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(directory / "region_vit.safetensors"))
+    (directory / "encoder.json").write_text(json.dumps({
+        "architecture": "region_vit", "input_dim": shape[0], "grid": shape[1], "embed_dim": p.embed_dim,
+        "depth": p.depth, "heads": p.heads, "weights": "region_vit.safetensors", "step": seed}))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_region_features_of_an_exported_encoder(tmp_path):
+    """The features stage: every region's feature under the exported region ViT, written as an embedding run
+    (one row per region, the region's corner) that resumes, and refuses features of another encoder."""
+    import pyarrow.parquet as pq
+
+    from wsiscale.config import ConfigError, WsiscaleConfig
+    from wsiscale.pretrain.data import read_region_grids, region_files
+    from wsiscale.pretrain.region_features import run_region_features
+    from wsiscale.pretrain.region_vit import load_region_encoder
+
+    run = str(tmp_path / "emb")
+    _region_run(run, slides=4, regions=8, dim=16)
+    files, ids, shape = region_files(run)
+    cfg = _tiny(WsiscaleConfig())
+    cfg.pretrain.cluster_cpus = 0.5
+    enc, out = tmp_path / "encoder", str(tmp_path / "features")
+    _export_region_vit(cfg.pretrain, shape, enc, seed=3)
+    s = run_region_features(cfg, run, str(enc), out)
+    assert s["slides"]["done"] == 4 and s["regions"] == {"total": 32, "this_run": 32} and s["dim"] == 32
+    vit = load_region_encoder(str(enc))
+    for f in files:  # one file per slide here
+        got = pq.read_table(f"{out}/embeddings/{ids[f.slide]}/embeddings.parquet")
+        with torch.no_grad():
+            want = vit(torch.from_numpy(read_region_grids(f.uri, None, shape))).numpy()
+        feats = np.asarray(got.column("embedding").to_pylist(), np.float32)
+        np.testing.assert_allclose(feats, want, rtol=2e-3, atol=2e-3)  # float16 storage
+        src = pq.read_table(f.uri, columns=["x", "y"])
+        assert got.column("x").to_pylist() == src.column("x").to_pylist()
+        assert got.column("y").to_pylist() == src.column("y").to_pylist()
+    again = run_region_features(cfg, run, str(enc), out)
+    assert again["slides"]["skipped_already_done"] == 4 and again["regions"]["this_run"] == 0
+    other = tmp_path / "other-encoder"
+    _export_region_vit(cfg.pretrain, shape, other, seed=4)
+    with pytest.raises(ConfigError, match="another encoder"):
+        run_region_features(cfg, run, str(other), out)

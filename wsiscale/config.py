@@ -458,7 +458,7 @@ class EvalConfig(_Section):
         return value
 
 
-PipelineStage = Literal["tile", "embed", "regions", "pretrain", "index", "evaluate", "report"]
+PipelineStage = Literal["tile", "embed", "regions", "pretrain", "features", "index", "evaluate", "report"]
 PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)  # in pipeline order
 
 
@@ -469,8 +469,13 @@ class PipelineConfig(_Section):
         default_factory=lambda: list(PIPELINE_STAGES),
         description="stages to run, in this order: tile (manifest -> tile shards), embed (tiles -> tile "
                     "embeddings), regions (manifest -> regions-mode patch grids), pretrain (SLPD/DINO on the "
-                    "regions), index (k-means + per-slide prototypes + slide neighbours), evaluate (retrieval and "
-                    "linear probe on the manifest's labels), report (<output>/report.html)")
+                    "regions), features (the pretrained region encoder's features of every region), index "
+                    "(k-means + per-slide prototypes + slide neighbours), evaluate (retrieval and linear probe on "
+                    "the manifest's labels), report (<output>/report.html)")
+    index_on: Literal["regions", "tiles"] = Field(
+        "regions", description="what the index and evaluate stages use: regions = the pretrained encoder's region "
+                               "features (SLPD's slide representation, from the features stage), tiles = the patch "
+                               "encoder's tile embeddings (the embed stage)")
     neighbours: int = Field(5, ge=1, description="nearest slides written per slide by the index stage (retrieval@k)")
     report_slides: int = Field(6, ge=0, description="slides in the report's gallery (thumbnail, tissue, prototypes)")
     report_queries: int = Field(4, ge=0, description="retrieval examples in the report (query + its neighbours)")

@@ -11,9 +11,11 @@ tile       manifest -> tissue tiles on CPU actors (``ingest``)    ``<output>/til
 embed      tile shards -> tile embeddings (``embed``, tiles)      ``<output>/embeddings``
 regions    manifest -> ``[D, g, g]`` patch grids per region       ``<output>/regions``
 pretrain   SLPD (or DINO) region encoder on Ray Train             ``<output>/pretrain``
+features   the pretrained encoder's feature of every region       ``<output>/region-features``
 index      k-means + per-slide prototypes + slide neighbours      ``<output>/clusters``,
                                                                   ``<output>/slide-index``
 evaluate   retrieval@k and linear probe on the manifest labels    ``<output>/eval``
+           (both on ``pipeline.index_on``: region features or tiles)
 report     the run report (:mod:`wsiscale.report`)                ``<output>/report.html``
 =========  =====================================================  ==============================
 
@@ -48,6 +50,7 @@ class Paths:
         self.embeddings = join_uri(self.output, "embeddings")
         self.regions = join_uri(self.output, "regions")
         self.pretrain = join_uri(self.output, "pretrain")
+        self.features = join_uri(self.output, "region-features")
         self.clusters = join_uri(self.output, "clusters")
         self.slide_index = join_uri(self.output, "slide-index")
         self.eval = join_uri(self.output, "eval")
@@ -96,18 +99,41 @@ def _stage_pretrain(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
             "encoder": s.get("encoder"), "metrics": metrics}
 
 
+def _stage_features(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    """The exported region encoder's feature of every region (SLPD's slide representation)."""
+    from wsiscale.pretrain.region_features import run_region_features
+
+    s = run_region_features(cfg, paths.regions, join_uri(paths.pretrain, "encoder"), paths.features)
+    return {"out": paths.features, "slides": s["slides"], "regions": s["regions"], "dim": s["dim"],
+            "encoder_step": s["encoder"]["step"]}
+
+
+def index_source(cfg: WsiscaleConfig, paths: Paths) -> str:
+    """The embedding run the index and evaluate stages read (``pipeline.index_on``)."""
+    if cfg.pipeline.index_on == "tiles":
+        return paths.embeddings
+    from wsiscale.data.shards import list_names
+
+    if "slides.parquet" not in list_names(paths.features, cfg.storage):
+        raise ConfigError(f"pipeline.index_on=regions but {paths.features} holds no region features: run the "
+                          "features stage (after pretrain), or set pipeline.index_on=tiles")
+    return paths.features
+
+
 def _stage_index(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     from wsiscale.index.stages import run_cluster, run_slide_index
 
-    clusters = run_cluster(cfg, paths.embeddings, paths.clusters)
-    meta = run_slide_index(cfg, paths.embeddings, paths.slide_index, neighbours=cfg.pipeline.neighbours)
-    return {"clusters": paths.clusters, "k": clusters["k"], "vectors": clusters["vectors"],
+    source = index_source(cfg, paths)
+    clusters = run_cluster(cfg, source, paths.clusters)
+    meta = run_slide_index(cfg, source, paths.slide_index, neighbours=cfg.pipeline.neighbours)
+    return {"source": source, "clusters": paths.clusters, "k": clusters["k"], "vectors": clusters["vectors"],
             "inertia": clusters["inertia"], "slide_index": paths.slide_index, "slides_indexed": meta["slides"],
             "prototypes_per_slide": meta["m"], "skipped": meta["skipped"], "neighbours": meta.get("neighbours")}
 
 
 def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
-    """Retrieval@k of the slide index and the linear probe on mean-pooled tile embeddings.
+    """Retrieval@k of the slide index and the linear probe on mean-pooled vectors of the index's source
+    (region features or tile embeddings, ``pipeline.index_on``).
 
     An evaluation the cohort cannot support (too few labelled slides, no labels) is recorded as
     skipped with the reason, not raised: the trained artefacts are already written.
@@ -127,7 +153,7 @@ def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
         log.warning("retrieval evaluation skipped: %s", exc)
         doc["retrieval"] = {"skipped": str(exc)}
     try:
-        probe = run_linear_probe(cfg, paths.embeddings, paths.manifest, join_uri(paths.eval, "linear-probe"))
+        probe = run_linear_probe(cfg, index_source(cfg, paths), paths.manifest, join_uri(paths.eval, "linear-probe"))
         doc["linear_probe"] = {"slides": probe["slides"], "classes": probe["classes"],
                                "kfold_auc": (probe["kfold"] or {}).get("auc_mean")}
     except (ConfigError, ValueError, KeyError) as exc:
@@ -147,7 +173,7 @@ def _stage_report(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[WsiscaleConfig, Paths], dict[str, Any]]] = {
     "tile": _stage_tile, "embed": _stage_embed, "regions": _stage_regions, "pretrain": _stage_pretrain,
-    "index": _stage_index, "evaluate": _stage_evaluate, "report": _stage_report,
+    "features": _stage_features, "index": _stage_index, "evaluate": _stage_evaluate, "report": _stage_report,
 }
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
-from wsiscale.report.collect import (RunFacts, nearest_prototype, slide_prototypes, slide_tile_vectors,
-                                     tile_extent)
+from wsiscale.report.collect import (RunFacts, load_json, nearest_prototype, slide_prototypes,
+                                     slide_tile_vectors, tile_extent)
 from wsiscale.report.figures import line_chart_svg, png_data_uri, prototype_map, tissue_overlay
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ REPORT_FILE = "report.html"
 
 #: Per stage: the count a throughput is computed from (``<count>/s`` over the stage's seconds).
 THROUGHPUT = {"tile": "tiles", "embed": "tiles", "regions": "regions", "pretrain": "regions",
-              "index": "vectors"}
+              "features": "regions", "index": "vectors"}
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -190,7 +190,11 @@ def gallery_section(facts: RunFacts, thumbs: Thumbnails, shown: list[str], stora
     if not shown:
         return "<p>No slide to show.</p>", 0
     protos = slide_prototypes(join_uri(facts.run, "slide-index"), shown, storage)
-    tiles = slide_tile_vectors(join_uri(facts.run, "embeddings"), shown, storage)
+    # the vectors the index was built on: region features (SLPD) or tile embeddings
+    meta = load_json(join_uri(facts.run, "slide-index", "index.json"), storage) or {}
+    source = meta.get("embeddings") or join_uri(facts.run, "embeddings")
+    tiles = slide_tile_vectors(source, shown, storage)
+    unit = "regions" if source.rstrip("/").endswith("region-features") else "tiles"
     blocks, images = [], 0
     for sid in shown:
         got = thumbs.get(sid)
@@ -206,7 +210,7 @@ def gallery_section(facts: RunFacts, thumbs: Thumbnails, shown: list[str], stora
             assign = nearest_prototype(v, protos[sid])
             counts = np.bincount(assign, minlength=len(protos[sid]))
             figs.append(_img(png_data_uri(prototype_map(thumb, x, y, tile_extent(x, y), dims, assign)),
-                             f"{len(protos[sid])} prototypes: " + " / ".join(str(c) for c in counts) + " tiles",
+                             f"{len(protos[sid])} prototypes: " + " / ".join(str(c) for c in counts) + f" {unit}",
                              alt=f"prototype map of {sid}"))
         images += len(figs)
         blocks.append(f'<div class="row slide" data-slide="{_e(sid)}">' + "".join(figs) + "</div>")
