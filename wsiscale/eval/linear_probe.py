@@ -182,9 +182,9 @@ def mean_pooled_vectors(run_uri: str, storage: "StorageConfig | None" = None) ->
                                 "slide-vector Parquet file")
     ids, vecs, empty = [], [], []
     for rec in slides.to_pylist():
-        if rec.get("mode") not in (None, "tiles"):
+        if rec.get("mode") not in (None, "tiles", "region-features"):
             raise ConfigError(f"{state.uri} is a {rec.get('mode')}-mode embedding run: mean pooling needs one "
-                              "embedding per tile (embed.mode=tiles)")
+                              "vector per tile (embed.mode=tiles) or per region (the pipeline's region features)")
         total, rows = None, 0
         for shard in json.loads(rec["shards"] or "[]"):
             if not shard.get("rows"):
