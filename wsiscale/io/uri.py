@@ -9,6 +9,7 @@ environment, never from configs.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from pathlib import Path
@@ -103,6 +104,14 @@ def read_bytes(uri: str, storage: "StorageConfig | None" = None) -> bytes:
         fs.invalidate_cache(path)
     with fs.open(path, "rb") as fh:
         return fh.read()
+
+
+def read_json(uri: str, storage: "StorageConfig | None" = None) -> Any:
+    """The JSON document at ``uri``, or None when there is none."""
+    try:
+        return json.loads(read_bytes(uri, storage))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def write_bytes_atomic(uri: str, data: bytes, storage: "StorageConfig | None" = None) -> None:

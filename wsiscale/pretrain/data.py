@@ -44,13 +44,17 @@ def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile]
     return files, ids, list(shape)
 
 
+def table_region_grids(t: Any, shape: list[int]) -> np.ndarray:
+    """The ``[n, D, g, g]`` float32 region grids of a regions-mode table's ``embedding`` column."""
+    x = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return x.astype(np.float32).reshape(-1, *shape)
+
+
 def read_region_grids(uri: str, storage: Any, shape: list[int]) -> np.ndarray:
     """The ``[n, D, g, g]`` float32 region grids of one regions-mode embedding file."""
     from wsiscale.data.shards import read_parquet
 
-    t = read_parquet(str(uri), storage, ["embedding"])
-    x = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return x.astype(np.float32).reshape(-1, *shape)
+    return table_region_grids(read_parquet(str(uri), storage, ["embedding"]), shape)
 
 
 def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[int],

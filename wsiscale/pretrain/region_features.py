@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.config import ConfigError, WsiscaleConfig
-from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.io.uri import join_uri, normalize_uri, read_bytes, read_json, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,11 @@ SOURCE_FILE = "source.json"
 
 def encoder_source(encoder_dir: str, storage: Any = None) -> dict[str, Any]:
     """``{"encoder", "step", "weights_sha1"}`` of an exported region encoder (what its features depend on)."""
-    fs, path = filesystem(join_uri(encoder_dir, "encoder.json"), storage)
-    try:
-        with fs.open(path, "rb") as fh:
-            spec = json.loads(fh.read())
-    except FileNotFoundError as exc:
+    spec = read_json(join_uri(encoder_dir, "encoder.json"), storage)
+    if spec is None:
         raise ConfigError(f"{encoder_dir} has no encoder.json: give the encoder/ directory of a pretraining run "
-                          "(`wsiscale pretrain` writes <out>/encoder)") from exc
-    fs, path = filesystem(join_uri(encoder_dir, spec["weights"]), storage)
-    with fs.open(path, "rb") as fh:
-        digest = hashlib.sha1(fh.read()).hexdigest()
+                          "(`wsiscale pretrain` writes <out>/encoder)")
+    digest = hashlib.sha1(read_bytes(join_uri(encoder_dir, spec["weights"]), storage)).hexdigest()
     return {"encoder": normalize_uri(encoder_dir), "step": spec.get("step"), "weights_sha1": digest}
 
 
@@ -72,16 +67,16 @@ class RegionFeaturizer:
         from wsiscale.data.run_state import safe_name
         from wsiscale.data.shards import parquet_bytes, read_parquet
         from wsiscale.data.tiling import _now
-        from wsiscale.pretrain.data import read_region_grids
+        from wsiscale.pretrain.data import table_region_grids
 
         rows = []
         for sid, uris in zip(batch["slide_id"], batch["uris"]):
             t0, name = time.perf_counter(), safe_name(str(sid))
             try:
-                grids = np.concatenate([read_region_grids(u, self.storage, self.shape) for u in uris])
-                xy = [read_parquet(str(u), self.storage, ["x", "y"]) for u in uris]
-                x = np.concatenate([t.column("x").to_numpy() for t in xy])
-                y = np.concatenate([t.column("y").to_numpy() for t in xy])
+                tables = [read_parquet(str(u), self.storage, ["x", "y", "embedding"]) for u in uris]  # once each
+                grids = np.concatenate([table_region_grids(t, self.shape) for t in tables])
+                x = np.concatenate([t.column("x").to_numpy() for t in tables])
+                y = np.concatenate([t.column("y").to_numpy() for t in tables])
                 f = self.features(grids)
                 table = pa.table({"slide_id": pa.array([str(sid)] * len(f), pa.string()),
                                   "x": pa.array(x, pa.int64()), "y": pa.array(y, pa.int64()),
@@ -118,12 +113,7 @@ def run_region_features(cfg: WsiscaleConfig, regions: str, encoder_dir: str, out
     out = normalize_uri(out)
     files, ids, shape = region_files(regions, cfg.storage)
     source = encoder_source(encoder_dir, cfg.storage)
-    fs, path = filesystem(join_uri(out, SOURCE_FILE), cfg.storage)
-    try:
-        with fs.open(path, "rb") as fh:
-            before = json.loads(fh.read())
-    except FileNotFoundError:
-        before = None
+    before = read_json(join_uri(out, SOURCE_FILE), cfg.storage)
     if before is not None and before.get("weights_sha1") != source["weights_sha1"]:
         raise ConfigError(f"{out} holds region features of another encoder ({before.get('encoder')} at step "
                           f"{before.get('step')}); write the features of {encoder_dir} (step {source['step']}) "

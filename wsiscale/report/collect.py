@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.io.uri import filesystem, join_uri, normalize_uri
+from wsiscale.io.uri import join_uri, normalize_uri, read_bytes, read_json
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +24,11 @@ log = logging.getLogger(__name__)
 FAILURE_SOURCES = (("tile", "tiles"), ("embed", "embeddings"), ("regions", "regions"))
 
 
-def load_json(uri: str, storage: Any = None) -> Any | None:
-    """The JSON document at ``uri``, or None when there is none."""
-    fs, path = filesystem(uri, storage)
-    try:
-        with fs.open(path, "rb") as fh:
-            return json.loads(fh.read())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def load_text(uri: str, storage: Any = None) -> str | None:
-    fs, path = filesystem(uri, storage)
+    """The text at ``uri``, or None when there is none."""
     try:
-        with fs.open(path, "rb") as fh:
-            return fh.read().decode()
-    except FileNotFoundError:
+        return read_bytes(uri, storage).decode()
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -64,7 +53,7 @@ def pretrain_meta(run: str, storage: Any = None) -> dict[str, Any] | None:
     from wsiscale.data.shards import list_names
 
     base = join_uri(run, "pretrain", "pretrain")
-    metas = [load_json(join_uri(base, n, "meta.json"), storage)
+    metas = [read_json(join_uri(base, n, "meta.json"), storage)
              for n in list_names(base, storage) if n.startswith("checkpoint_") and not n.endswith(".json")]
     metas = [m for m in metas if m]
     return max(metas, key=lambda m: (m.get("metrics") or {}).get("step", 0)) if metas else None
@@ -100,7 +89,7 @@ def slide_prototypes(index: str, slide_ids: list[str], storage: Any = None) -> d
     """``slide_id -> [m, D]`` prototypes of the given slides from ``<index>/prototypes`` (others not read)."""
     from wsiscale.data.shards import read_parquet
 
-    meta = load_json(join_uri(index, "index.json"), storage)
+    meta = read_json(join_uri(index, "index.json"), storage)
     if not meta or not slide_ids:
         return {}
     want, out = set(slide_ids), {}
@@ -174,10 +163,10 @@ class RunFacts:
     @classmethod
     def gather(cls, run: str, storage: Any = None, label_column: str = "label") -> "RunFacts":
         run = normalize_uri(run)
-        pipeline = load_json(join_uri(run, "pipeline.json"), storage)
+        pipeline = read_json(join_uri(run, "pipeline.json"), storage)
         manifest = (pipeline or {}).get("manifest") or join_uri(run, "manifest.parquet")
         return cls(run=run, pipeline=pipeline, config_yaml=load_text(join_uri(run, "wsiscale.config.yaml"), storage),
                    failures=stage_failures(run, storage), pretrain=pretrain_meta(run, storage),
                    neighbours=read_neighbours(join_uri(run, "slide-index"), storage),
-                   retrieval=load_json(join_uri(run, "eval", "retrieval.json"), storage),
+                   retrieval=read_json(join_uri(run, "eval", "retrieval.json"), storage),
                    slides=read_slides(manifest, label_column, storage))

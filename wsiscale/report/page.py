@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
-from wsiscale.report.collect import (RunFacts, load_json, nearest_prototype, slide_prototypes,
-                                     slide_tile_vectors, tile_extent)
+from wsiscale.io.uri import join_uri, normalize_uri, read_json, write_bytes_atomic
+from wsiscale.report.collect import RunFacts, nearest_prototype, slide_prototypes, slide_tile_vectors, tile_extent
 from wsiscale.report.figures import line_chart_svg, png_data_uri, prototype_map, tissue_overlay
 
 log = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ def gallery_section(facts: RunFacts, thumbs: Thumbnails, shown: list[str], stora
         return "<p>No slide to show.</p>", 0
     protos = slide_prototypes(join_uri(facts.run, "slide-index"), shown, storage)
     # the vectors the index was built on: region features (SLPD) or tile embeddings
-    meta = load_json(join_uri(facts.run, "slide-index", "index.json"), storage) or {}
+    meta = read_json(join_uri(facts.run, "slide-index", "index.json"), storage) or {}
     source = meta.get("embeddings") or join_uri(facts.run, "embeddings")
     tiles = slide_tile_vectors(source, shown, storage)
     unit = "regions" if source.rstrip("/").endswith("region-features") else "tiles"
