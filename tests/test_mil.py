@@ -175,6 +175,83 @@ def test_distributed_range_gradients_and_batchnorm_on_two_gloo_processes(tmp_pat
         np.testing.assert_allclose(got, [-2.0, 4.0, 1.0, 2.0, 1.0, 1.0])
 
 
+def _batch(seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Five rows of 3 features and fixed upstream gradients for the synchronised-BatchNorm checks."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(5, 3, generator=g) * 2 + 1, torch.randn(5, 3, generator=g)
+
+
+def _norm():
+    """WENO's encoder norm: per call (bag) unless :func:`batch_norm_across_workers` is on."""
+    from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
+
+    bn = DistributedBatchNorm1d(3, momentum=0.25, synchronised=False)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    return bn
+
+
+def _norm_ranks(rank: int, port: int, out: str, split: int) -> None:
+    """Rank 0 holds rows ``[:split]``, rank 1 rows ``[split:]`` (possibly none) of one global batch."""
+    import torch.distributed as dist
+
+    from wsiscale.mil.loop import allreduce_gradients
+    from wsiscale.models.distributed_batchnorm import batch_norm_across_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x, upstream = _batch()
+    rows = slice(0, split) if rank == 0 else slice(split, 5)
+    xr = x[rows].clone().requires_grad_(True)
+    bn = _norm()
+    local = bn(x[:2] if rank == 0 else x[2:]).detach()  # not synchronised: each worker's own rows (a bag)
+    bn.load_state_dict(_norm().state_dict())  # undo that call's running-statistics update
+    with batch_norm_across_workers(bn):
+        y = bn(xr)
+        refused = ""
+        try:
+            bn(x[:1] if rank == 0 else x[:0])  # one row over both workers
+        except ValueError as e:
+            refused = str(e)
+    (y * upstream[rows]).sum().backward()
+    allreduce_gradients(list(bn.parameters()))
+    np.savez(os.path.join(out, f"norm{rank}.npz"), y=y.detach().numpy(), dx=xr.grad.numpy(),
+             dw=bn.weight.grad.numpy(), db=bn.bias.grad.numpy(), rm=bn.running_mean.numpy(),
+             rv=bn.running_var.numpy(), synced=bn.synchronised, local=local.numpy(), refused=refused)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("split", [2, 5])
+def test_batch_norm_across_two_gloo_workers_equals_one_process_on_the_whole_batch(tmp_path, split):
+    """WENO's student phase on N workers: BatchNorm over the global batch (forward, input and parameter gradients,
+    running statistics) as nn.BatchNorm1d on all rows in one process - also when a worker holds no rows; outside
+    the context (the bag phase) each worker normalises its own rows; a global batch of one row is refused."""
+    import torch.multiprocessing as mp
+
+    x, upstream = _batch()
+    ref = torch.nn.BatchNorm1d(3, momentum=0.25)
+    ref.load_state_dict(_norm().state_dict())
+    xr = x.clone().requires_grad_(True)
+    y = ref(xr)
+    (y * upstream).sum().backward()
+    mp.spawn(_norm_ranks, args=(_free_port(), str(tmp_path), split), nprocs=2, join=True)
+    got = [np.load(tmp_path / f"norm{r}.npz") for r in (0, 1)]
+    np.testing.assert_allclose(np.concatenate([got[0]["y"], got[1]["y"]]), y.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([got[0]["dx"], got[1]["dx"]]), xr.grad.numpy(), atol=1e-5)
+    for r, g in enumerate(got):
+        np.testing.assert_allclose(g["dw"], ref.weight.grad.numpy(), atol=1e-5)
+        np.testing.assert_allclose(g["db"], ref.bias.grad.numpy(), atol=1e-5)
+        np.testing.assert_allclose(g["rm"], ref.running_mean.numpy(), atol=1e-6)
+        np.testing.assert_allclose(g["rv"], ref.running_var.numpy(), atol=1e-6)
+        assert not g["synced"]  # the context restores the bag phase's per-call statistics
+        own = torch.nn.BatchNorm1d(3)
+        own.load_state_dict(_norm().state_dict())
+        np.testing.assert_allclose(g["local"], own(x[:2] if r == 0 else x[2:]).detach().numpy(), atol=1e-6)
+        assert "at least 2 rows over all workers, got 1" in str(g["refused"])
+    if split == 5:
+        assert got[1]["y"].shape == (0, 3)
+
+
 def test_bag_store_leaves_out_unreadable_and_nan_slides_with_a_warning(tmp_path):
     """A slide whose embeddings are missing or hold NaN is skipped (None) with a warning naming it; a good one loads
     with its instance labels from the truth file."""

@@ -22,9 +22,9 @@ for better slide-level features). SLPD is trained the same way and reported next
 cohort it matches DINO (within about 0.01 on both measures) and does not beat it, so only sanity
 is asserted for it.
 
-DINO on two seeds takes about 4 minutes on 2 CPUs, SLPD on the first seed 2 more. Run with ``-s`` to see
-the table; ``WSISCALE_LEARNING_SEEDS=0,1,2`` changes the seeds and ``WSISCALE_SLPD_ALL_SEEDS=1`` trains
-SLPD on every one of them. Measured 2026-12-07 (seeds 0, 1; AUC / ARI, mean +- std): random
+CI trains seed 0 (DINO about 2 minutes on 2 CPUs, SLPD 2 more); the figures below are over seeds 0 and 1:
+``WSISCALE_LEARNING_SEEDS=0,1`` (any list) changes the seeds and ``WSISCALE_SLPD_ALL_SEEDS=1`` trains SLPD on
+every one of them. Run with ``-s`` to see the table. Measured 2026-12-07 (seeds 0, 1; AUC / ARI, mean +- std): random
 0.827 +- 0.028 / 0.055 +- 0.007, DINO 0.881 +- 0.006 / 0.378 +- 0.062, SLPD 0.878 +- 0.006 / 0.382 +- 0.070.
 """
 
@@ -38,7 +38,7 @@ import pytest
 from learning_cohort import CohortSpec, make_cohort, write_region_run
 from wsiscale.synth.layout import LayoutParams
 
-SEEDS = tuple(int(s) for s in os.environ.get("WSISCALE_LEARNING_SEEDS", "0,1").split(","))
+SEEDS = tuple(int(s) for s in os.environ.get("WSISCALE_LEARNING_SEEDS", "0").split(","))
 #: SLPD is only checked against the random encoder here (it matches DINO, see the module docstring): the
 #: first seed in CI, every seed with WSISCALE_SLPD_ALL_SEEDS=1 (the figures in docs/benchmarks.md).
 SLPD_SEEDS = SEEDS if os.environ.get("WSISCALE_SLPD_ALL_SEEDS") == "1" else SEEDS[:1]

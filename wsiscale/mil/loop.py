@@ -21,9 +21,13 @@ WENO (Qu et al., NeurIPS 2022; micciaif/WENO) adds, per epoch:
    teacher's attention logits normalised with that range (0 in negative bags);
    the student and the shared encoder follow WENO's soft cross-entropy. The
    teacher labels instances in training mode (dropout on), as it was when the
-   range was measured - as WENO's code does.
+   range was measured - as WENO's code does. The encoder's BatchNorm normalises
+   each step's *global* instance batch: its statistics are all-reduced over the
+   workers, forward and backward (:mod:`wsiscale.models.distributed_batchnorm`), so a step's
+   gradient does not depend on how the batch is split across workers.
 
-After each epoch, BatchNorm running statistics are averaged across workers and
+After each epoch, BatchNorm running statistics (which the bag phase accumulates
+per worker, one bag at a time) are averaged across workers and
 the validation bags give the early-stopping loss; the best epoch's weights are
 tested. Checkpoints (``Checkpoint`` every ``mil.checkpoint_every`` epochs and
 at each fold's end) carry the fold, epoch, model, optimisers, best weights and
@@ -44,6 +48,7 @@ from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.mil.bags import BagSpec, BagStore
 from wsiscale.mil.losses import bag_loss, global_range, hard_positive_keep, pseudo_labels, student_loss
 from wsiscale.models.mil import MILModel, build_mil_model
+from wsiscale.models.distributed_batchnorm import batch_norm_across_workers
 from wsiscale.progress import write_progress
 
 STUDENT_CHUNK_BAGS = 16  # bags whose instances are shuffled together in the student phase
@@ -145,7 +150,7 @@ def student_phase(model: MILModel, opts: dict[str, torch.optim.Optimizer], store
     model.train()
     rng = np.random.default_rng(_seed(mil.seed, fold, epoch, 2))
     order = rng.permutation(train)
-    loss_sum, count = 0.0, 0
+    loss_sum, count, dim = 0.0, 0, model.encoder.proj.in_features
     for c in range(0, len(order), STUDENT_CHUNK_BAGS):
         chunk = [int(i) for i in order[c:c + STUDENT_CHUNK_BAGS]]
         sizes = np.array([store.specs[i].tiles for i in chunk])
@@ -159,10 +164,13 @@ def student_phase(model: MILModel, opts: dict[str, torch.optim.Optimizer], store
             which = np.searchsorted(starts, batch, side="right") - 1  # position of each instance's bag in the chunk
             local = [(j, r) for j, r in zip(which, batch - starts[which]) if j in mine and mine[j] is not None
                      and r < len(mine[j].feats)]
-            if len(local) >= 2:
-                x = np.stack([mine[j].feats[r] for j, r in local])
+            # every worker forwards (possibly zero rows) when the step has 2+ rows in all: BatchNorm's
+            # statistics are all-reduced over the global batch, in the forward and in the backward
+            if _sum_over_workers({"n": len(local)}, device)["n"] >= 2:
+                x = np.stack([mine[j].feats[r] for j, r in local]) if local else np.zeros((0, dim), np.float32)
                 bag_label = torch.tensor([store.specs[chunk[j]].label for j, _ in local], device=device)
-                feat = model.encoder(torch.from_numpy(x).to(device))
+                with batch_norm_across_workers(model.encoder):
+                    feat = model.encoder(torch.from_numpy(x).to(device))
                 with torch.no_grad():  # train mode, as the range was measured (WENO's code)
                     targets = pseudo_labels(model.bag.instance_scores(feat), lo, hi, bag_label)
                 loss = student_loss(model.student(feat), targets, mil.student_negative_weight, reduction="sum")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
+
 
 def _init_linear(module: nn.Module) -> None:
     for m in module.modules():
@@ -40,12 +42,17 @@ def _init_linear(module: nn.Module) -> None:
 
 
 class InstanceEncoder(nn.Module):
-    """Shared instance feature extractor: ``[N, D_in] -> [N, D]`` (``Linear + BatchNorm1d``)."""
+    """Shared instance feature extractor: ``[N, D_in] -> [N, D]`` (``Linear + BatchNorm1d``).
+
+    The norm is a :class:`~wsiscale.models.distributed_batchnorm.DistributedBatchNorm1d`: plain BatchNorm
+    per bag, and over the global batch of every worker in WENO's student phase (the state dict of
+    ``nn.BatchNorm1d``).
+    """
 
     def __init__(self, input_dim: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(input_dim, dim)
-        self.norm = nn.BatchNorm1d(dim)
+        self.norm = DistributedBatchNorm1d(dim, synchronised=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
