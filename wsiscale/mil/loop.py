@@ -23,8 +23,8 @@ WENO (Qu et al., NeurIPS 2022; micciaif/WENO) adds, per epoch:
    teacher labels instances in training mode (dropout on), as it was when the
    range was measured - as WENO's code does. The encoder's BatchNorm normalises
    each step's *global* instance batch: its statistics are all-reduced over the
-   workers, forward and backward (:mod:`wsiscale.models.distributed_batchnorm`), so a step's
-   gradient does not depend on how the batch is split across workers.
+   workers, forward and backward (:mod:`wsiscale.models.distributed_batchnorm`),
+   so a step's gradient does not depend on how the batch is split over workers.
 
 After each epoch, BatchNorm running statistics (which the bag phase accumulates
 per worker, one bag at a time) are averaged across workers and
@@ -47,8 +47,8 @@ from torch import nn
 from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.mil.bags import BagSpec, BagStore
 from wsiscale.mil.losses import bag_loss, global_range, hard_positive_keep, pseudo_labels, student_loss
-from wsiscale.models.mil import MILModel, build_mil_model
 from wsiscale.models.distributed_batchnorm import batch_norm_across_workers
+from wsiscale.models.mil import MILModel, build_mil_model
 from wsiscale.progress import write_progress
 
 STUDENT_CHUNK_BAGS = 16  # bags whose instances are shuffled together in the student phase

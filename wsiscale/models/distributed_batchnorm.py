@@ -77,7 +77,6 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-
 @contextmanager
 def batch_norm_across_workers(module: nn.Module) -> Iterator[None]:
     """Within the block, every :class:`DistributedBatchNorm1d` of ``module`` normalises over all workers' rows."""
