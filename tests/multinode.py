@@ -135,17 +135,18 @@ def training(work: str) -> dict:
         except BaseException as exc:  # noqa: BLE001 - reported below
             result["error"] = repr(exc)
 
-    def world() -> int:
+    def progress_of(key: str) -> int:
+        """One counter of the training's progress file (0 until it is written)."""
         try:
-            return int(json.loads(progress.read_text()).get("world", 0))
+            return int(json.loads(progress.read_text()).get(key, 0))
         except (FileNotFoundError, ValueError):
             return 0
 
+    def world() -> int:
+        return progress_of("world")
+
     def items() -> int:
-        try:
-            return int(json.loads(progress.read_text()).get("items", 0))
-        except (FileNotFoundError, ValueError):
-            return 0
+        return progress_of("items")
 
     th = threading.Thread(target=go)
     th.start()
