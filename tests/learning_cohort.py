@@ -43,6 +43,7 @@ class CohortSpec:
     offset: float = 0.5  # std of the offset shared by every class's variants (centred=True)
     slide_shift: float = 0.0  # std per dimension of a shift added to every token of a slide (scanner/stain batch)
     slide_warp: float = 0.0  # std of a per-slide linear mix of token dimensions, I + warp * N(0, 1/D)
+    region_shift: float = 0.0  # std per dimension of a shift added to every token of a region (local stain, focus)
     layout: LayoutParams = field(default_factory=lambda: LayoutParams(region_um=700.0, dust=False,
                                                                       tumour_fraction=(0.02, 0.06)))
 
@@ -87,7 +88,7 @@ def make_slide(spec: CohortSpec, vectors: np.ndarray, label: int, seed: int, sli
             c = classes[i : i + g, j : j + g].astype(np.int64)
             k = rng.integers(0, spec.variants, size=c.shape)
             tok = vectors[c, k] + spec.noise * rng.normal(size=(g, g, spec.dim))  # [g, g, D]
-            tok = tok @ warp + shift
+            tok = tok @ warp + shift + spec.region_shift * nuisance.normal(size=spec.dim)
             grids.append(tok)
             counts = np.bincount(c.ravel(), minlength=N_CLASSES)
             fractions.append(counts / counts.sum())

@@ -38,6 +38,63 @@ def test_dino_loss_and_centering_by_hand():
     assert got.item() == pytest.approx(-0.5 * (math.log(0.1) + math.log(0.9)), abs=1e-6)
 
 
+def test_sinkhorn_knopp_centering_by_hand():
+    # exp(t / tau) = [[2, 1], [1, 1]] (2 samples x 2 dims); / total 5 -> [[.4, .2], [.2, .2]]; one iteration:
+    # dims (over samples) [.6, .4] -> each to mass 1/2: [[1/3, 1/6], [1/4, 1/4]] (rows: dims);
+    # samples [7/12, 5/12] -> each to 1: sample 0 = [4/7, 3/7], sample 1 = [2/5, 3/5]
+    from wsiscale.pretrain.losses import sinkhorn_knopp
+
+    t = 0.5 * torch.log(torch.tensor([[2.0, 1.0], [1.0, 1.0]]))
+    np.testing.assert_allclose(sinkhorn_knopp(t, 0.5, iterations=1).numpy(), [[4 / 7, 3 / 7], [2 / 5, 3 / 5]],
+                               atol=1e-6)
+    # nearly equal logits (a collapsed head): softmax targets are near uniform, equipartition still splits them
+    close = torch.tensor([[0.01, 0.0], [0.0, 0.01], [0.012, 0.0], [0.0, 0.011]])
+    q = sinkhorn_knopp(close, 0.04, iterations=20)
+    np.testing.assert_allclose(q.sum(1).numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(q.sum(0).numpy(), [2.0, 2.0], atol=1e-3)
+    # the loss uses them in place of the centred softmax, and leaves the centre alone
+    loss = DINOLoss(out_dim=2, student_views=2, teacher_views=1, student_temp=1.0, centering="sinkhorn")
+    student = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5],
+                                      [0.25, 0.75], [0.25, 0.75], [0.25, 0.75], [0.25, 0.75]]))
+    want = -(q * torch.log(torch.tensor([0.25, 0.75]))).sum(1).mean()
+    assert loss(student, close, teacher_temp=0.04).item() == pytest.approx(want.item(), abs=1e-5)
+    assert not loss.center.any()
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(out_dim=2, student_views=2, centering="mean")
+
+
+def _sinkhorn_ranks(rank: int, port: int, out: str, split: int) -> None:
+    import torch.distributed as dist
+
+    from wsiscale.pretrain.losses import sinkhorn_knopp
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    t = torch.linspace(-1, 1, 5 * 7).reshape(5, 7).sin()
+    mine = t[:split] if rank == 0 else t[split:]
+    np.save(f"{out}/sk{rank}.npy", sinkhorn_knopp(mine, 0.1).numpy())
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("split", [2, 5])
+def test_sinkhorn_knopp_on_two_gloo_workers_equals_one_process_on_the_whole_batch(tmp_path, split):
+    """Equipartition is over the global batch: rows split 2/3 (and 5/0: a worker without rows joins the
+    all-reduces) give the targets of one process holding all 5 rows."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from wsiscale.pretrain.losses import sinkhorn_knopp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_sinkhorn_ranks, args=(port, str(tmp_path), split), nprocs=2, join=True)
+    got = np.concatenate([np.load(tmp_path / f"sk{r}.npy") for r in (0, 1)])
+    want = sinkhorn_knopp(torch.linspace(-1, 1, 5 * 7).reshape(5, 7).sin(), 0.1).numpy()
+    assert got.shape == (5, 7)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_slpd_prototype_targets_by_hand():
     protos = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)  # 2 slides x 3 prototypes x 2-d
     slide, assign = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
@@ -137,6 +194,46 @@ def _region_run(run: str, slides: int = 8, regions: int = 8, dim: int = 16, grid
         merged = patch_table(tokens.reshape(-1, dim))
         write_slide(state, sid, _region_table(sid, merged, dim, grid, pa.float16()), tiles=merged.num_rows)
     state.consolidate()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_epoch_batches_mix_slides_and_repeat_per_seed_epoch_and_rank(tmp_path):
+    """Read tasks yield one slide at a time; the worker's seeded shuffle buffer makes every batch mix several
+    slides, visits each region once per epoch, repeats an epoch's batches exactly for the same (seed, epoch,
+    rank) (what a resumed run relies on) and changes them with the epoch. Buffer 0 keeps the read order."""
+    import ray
+
+    from wsiscale.pretrain.data import region_dataset, region_files
+    from wsiscale.pretrain.loop import epoch_batches
+
+    run = str(tmp_path / "emb")
+    _region_run(run, slides=8, regions=8, dim=4, grid=2)
+    files, _, shape = region_files(run)
+    options = ray.data.DataContext.get_current().execution_options
+    kept, options.preserve_order = options.preserve_order, True  # as run_pretraining's DataConfig
+    try:
+        ds = region_dataset(files, shape, seed=3)  # the dataset keeps the context it was made in
+    finally:
+        options.preserve_order = kept
+
+    def epoch(buffer, key):
+        got = [(b["slide"].numpy(), b["region"].numpy()) for b in epoch_batches(ds, 8, buffer, key)]
+        return [s for s, _ in got], [list(zip(s.tolist(), r.tolist())) for s, r in got]
+
+    _check_epoch_batches(epoch)
+
+
+def _check_epoch_batches(epoch) -> None:
+    """8 slides x 8 regions, batches of 8, a buffer of 32 (``epoch(buffer, key)``: an epoch's slide ids, items)."""
+    slides, items = epoch(32, (0, 0, 0))
+    assert len(items) == 8 and sorted(x for b in items for x in b) == sorted((s, r) for s in range(8) for r in range(8))
+    assert np.mean([len(set(s.tolist())) for s in slides]) >= 3  # a batch holds several slides' regions
+    assert epoch(32, (0, 0, 0))[1] == items  # the same epoch again: the same batches
+    assert epoch(32, (0, 1, 0))[1] != items  # the next epoch: another order
+    plain, _ = epoch(0, (0, 0, 0))
+    assert all(len(set(s.tolist())) == 1 for s in plain)  # read order: one slide per batch
+    first = [int(s[0]) for s in plain]
+    assert first != sorted(first) and first == [int(s[0]) for s in epoch(0, (5, 5, 5))[0]]  # files: seeded order
 
 
 def _tiny(cfg, epochs: int = 6):
@@ -425,3 +522,29 @@ def test_region_features_of_an_exported_encoder(tmp_path):
     _export_region_vit(cfg.pretrain, shape, other, seed=4)
     with pytest.raises(ConfigError, match="another encoder"):
         run_region_features(cfg, run, str(other), out)
+
+
+def test_shuffled_batches_keep_every_row_once_and_mix_within_the_buffer():
+    """The reservoir: every row out once (a partial last batch dropped), the same output for the same seed,
+    another for another seed; with a buffer of 1 the read order is kept, with a buffer larger than the stream
+    the output is a permutation of the whole stream; a row leaves within about ``buffer`` rows of its arrival."""
+    from wsiscale.pretrain.shuffle import shuffled_batches
+
+    def run(n, chunk, batch, buffer, seed):
+        x = torch.arange(n)
+        stream = ({"i": x[i : i + chunk], "f": x[i : i + chunk, None].float() * 2} for i in range(0, n, chunk))
+        out = list(shuffled_batches(stream, batch, buffer, np.random.default_rng(seed)))
+        assert all(len(b["i"]) == batch and torch.equal(b["f"][:, 0], b["i"].float() * 2) for b in out)
+        return torch.cat([b["i"] for b in out]).tolist() if out else []
+
+    got = run(103, 8, 8, 20, 0)
+    assert len(got) == 96 and len(set(got)) == 96 and set(got) <= set(range(103)) and got != sorted(got)
+    assert run(103, 8, 8, 20, 0) == got and run(103, 8, 8, 20, 1) != got
+    assert run(40, 1, 8, 1, 0) == list(range(40))  # a one-row reservoir fed row by row delays each row by one
+    whole = run(40, 8, 8, 64, 0)
+    assert sorted(whole) == list(range(40)) and whole != list(range(40))
+    assert sorted(run(50, 30, 8, 20, 0)) == sorted(run(50, 30, 8, 20, 0)) and len(run(50, 30, 8, 20, 0)) == 48
+    delay = np.array(got) - np.arange(96)
+    assert delay.min() > -96 and np.median(np.abs(delay)) < 3 * 20  # local: rows move by about the buffer size
+    with pytest.raises(ValueError, match="at least 1"):
+        run(8, 8, 8, 0, 0)

@@ -14,18 +14,27 @@ small tumour share). Two measures on held-out slides that training never saw:
 * region level: per-slide k-means of the region features (``M`` clusters, as SLPD's prototypes)
   against each region's dominant tissue class (adjusted Rand index, mean over slides).
 
-The baseline is the encoder's own initialisation (``build_model`` under the run's seed), i.e. the
-"random region encoder". DINO must beat it on both measures: clearly on tissue types (ARI about
-0.37 vs 0.07 over seeds 0-2), modestly but on every seed on the slide label (AUC about 0.87 vs
-0.82, where the same probe of each slide's true tissue-class shares reaches 0.99: room is left
-for better slide-level features). SLPD is trained the same way and reported next to DINO; on this
-cohort it matches DINO (within about 0.01 on both measures) and does not beat it, so only sanity
-is asserted for it.
+A third measure, SLPD's own: its prototypes on the held-out slides, i.e. the clustering step's
+features (the teacher's normalised head features of each region's centre crop) and spherical
+k-means into ``M`` per slide (``proto_ari``, reported for both methods).
 
-CI trains seed 0 (DINO about 2 minutes on 2 CPUs, SLPD 2 more); the figures below are over seeds 0 and 1:
-``WSISCALE_LEARNING_SEEDS=0,1`` (any list) changes the seeds and ``WSISCALE_SLPD_ALL_SEEDS=1`` trains SLPD on
-every one of them. Run with ``-s`` to see the table. Measured 2026-12-07 (seeds 0, 1; AUC / ARI, mean +- std): random
-0.827 +- 0.028 / 0.055 +- 0.007, DINO 0.881 +- 0.006 / 0.378 +- 0.062, SLPD 0.878 +- 0.006 / 0.382 +- 0.070.
+The baseline is the encoder's own initialisation (``build_model`` under the run's seed), i.e. the
+"random region encoder". DINO must beat it on both measures: per seed ARI +0.3 and AUC higher,
+AUC +0.05 on average (measured: ARI about 0.59 vs 0.07, AUC 0.94 vs 0.82; the same probe of each
+slide's true tissue-class shares reaches 0.99). The recipe is DINO's with BatchNorm in the head
+and Sinkhorn-Knopp targets (``_config``): with DINO's running centre this small head's targets go
+uniform by epoch 2 and DINO reached ARI 0.38, AUC 0.88.
+
+SLPD is trained the same way. Its prototypes must agree with the tissue types better than k-means
+on DINO's backbone features (the issue's criterion; per seed +0.05, measured +0.10), but that
+gain is the head's feature space, not SLPD's losses: k-means in DINO's own head space does as
+well (0.687 vs SLPD's 0.700), and on the slide label and backbone ARI SLPD matches DINO (within
+0.01) without beating it, so those are reported next to DINO's, not ranked.
+
+CI trains seed 0 (DINO about 2 minutes on 2 CPUs, SLPD 2 more): ``WSISCALE_LEARNING_SEEDS=0,1,2`` (any list)
+changes the seeds and ``WSISCALE_SLPD_ALL_SEEDS=1`` trains SLPD on every one of them. Run with ``-s`` to see the
+table. Measured 2026-12-07, seeds 0-2 (AUC / ARI / proto_ari, mean +- std): random 0.819 +- 0.026 / 0.069 +- 0.021,
+DINO 0.939 +- 0.031 / 0.594 +- 0.039 / 0.687 +- 0.044, SLPD 0.937 +- 0.028 / 0.602 +- 0.038 / 0.700 +- 0.040.
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ def _config(method: str, seed: int, epochs: int = 12):
     p.global_crop_tokens, p.local_crop_tokens, p.local_crops = 6, 3, 4
     p.checkpoint_every, p.log_every, p.cpus_per_worker, p.num_workers = 100_000, 50, 0.5, (1, 1)
     p.warmup_epochs, p.prototypes, p.min_regions, p.cluster_cpus = epochs // 2, PROTOTYPES, 4, 0.5
+    # a head this small maps every region near one direction; with DINO's running centre the targets then go
+    # uniform (loss at ln K) by epoch 2: BatchNorm in the head and Sinkhorn-Knopp targets keep them apart
+    p.head_use_bn, p.centering = True, "sinkhorn"
     return cfg
 
 
@@ -90,6 +102,25 @@ def _measures(encoder, train, test) -> dict[str, float]:
     return {"auc": float(auc), "ari": float(np.mean(aris))}
 
 
+def _prototype_ari(summary, pretrain, test) -> float:
+    """ARI of SLPD's prototypes on held-out slides: the clustering step's own features (the teacher's normalised
+    head features of each region's centre crop) and spherical k-means into ``M`` per slide."""
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from wsiscale.index.prototypes import batched_kmeans
+    from wsiscale.pretrain.features import TeacherFeatures
+
+    state = torch.load(f"{summary['checkpoint']}/state.pt", weights_only=True)
+    teacher = TeacherFeatures(state["teacher"], pretrain.model_dump(mode="json"), list(test[0].grids.shape[1:]))
+    aris = []
+    for s in test:
+        z = teacher(s.grids, crop=pretrain.global_crop_tokens, head=True)
+        protos, _ = batched_kmeans([z], PROTOTYPES, iters=10, spherical=True, restarts=3, seeds=[0])
+        aris.append(adjusted_rand_score(s.dominant, (z @ protos[0].T).argmax(1)))
+    return float(np.mean(aris))
+
+
 def _shares_auc(cohort) -> float:
     """The same probe on each slide's true mean tissue-class shares: what a perfect tissue typer could reach."""
     from wsiscale.eval.probe import linear_probe
@@ -110,18 +141,20 @@ def _train_and_measure(method: str, seed: int, root, cohorts) -> dict[str, float
     assert m["step"] == m["total_steps"] and np.isfinite(m["loss"])
     if method == "slpd":  # the prototype losses were on at the end
         assert m["clustered_slides"] == len(train) and m["intra_loss"] > 0 and m["inter_loss"] > 0
-    return _measures(load_region_encoder(summary["encoder"]), train, test) | {"loss": float(m["loss"])}
+    return (_measures(load_region_encoder(summary["encoder"]), train, test)
+            | {"loss": float(m["loss"]), "proto_ari": _prototype_ari(summary, _config(method, seed).pretrain, test)})
 
 
 def _table(results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...] = SEEDS) -> str:
-    lines = [f"{'':8s}" + "".join(f"{k:>22s}" for k in ("auc", "ari")) + "   per seed " + str(seeds)]
+    keys = ("auc", "ari", "proto_ari")
+    lines = [f"{'':8s}" + "".join(f"{k:>22s}" for k in keys) + "   per seed " + str(seeds)]
     for name, per_seed in results.items():
         cells = ""
-        for k in ("auc", "ari"):
-            v = np.array([per_seed[s][k] for s in seeds])
+        for k in keys:
+            v = np.array([per_seed[s].get(k, np.nan) for s in seeds])
             cells += f"{v.mean():>14.3f} +- {v.std():.3f}"
-        lines.append(f"{name:8s}{cells}   " + "  ".join(f"{per_seed[s]['auc']:.3f}/{per_seed[s]['ari']:.3f}"
-                                                        for s in seeds))
+        lines.append(f"{name:8s}{cells}   " + "  ".join(
+            "/".join(f"{per_seed[s].get(k, np.nan):.3f}" for k in keys) for s in seeds))
     return "\n".join(lines)
 
 
@@ -164,24 +197,25 @@ def dino_results(cohorts, tmp_path_factory):
 @pytest.mark.usefixtures("ray_local")
 def test_dino_region_features_beat_a_random_encoder(random_results, dino_results, cohorts):
     """DINO's teacher separates tissue types within slides and carries the slide label, where its untrained
-    initialisation does neither: per seed ARI +0.15 and a higher AUC, AUC +0.025 on average over the seeds."""
+    initialisation does neither: per seed ARI +0.3 and a higher AUC, AUC +0.05 on average over the seeds."""
     print("\n" + _table({"random": random_results, "dino": dino_results}))
     print("probe of the true tissue-class shares (ceiling): AUC " + "  ".join(f"{_shares_auc(cohorts[s]):.3f}"
                                                                            for s in SEEDS))
     for seed in SEEDS:
         d, r = dino_results[seed], random_results[seed]
-        assert d["ari"] > r["ari"] + 0.15, (seed, d, r)
+        assert d["ari"] > r["ari"] + 0.3, (seed, d, r)
         assert d["auc"] > r["auc"], (seed, d, r)
     gain = np.mean([dino_results[s]["auc"] - random_results[s]["auc"] for s in SEEDS])
-    assert gain > 0.025, (gain, dino_results, random_results)
+    assert gain > 0.05, (gain, dino_results, random_results)
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_slpd_region_features_beside_dino(random_results, dino_results, cohorts, tmp_path_factory):
     """SLPD (DINO warm-up, then intra-/inter-slide prototype losses) trains through the same path; it must
-    still beat the random encoder (tissue types per seed, slide label on average). Its AUC/ARI are reported
-    next to DINO's, not ranked against them."""
+    still beat the random encoder (tissue types per seed, slide label on average), and its prototypes must
+    agree with the tissue types better than k-means on DINO's backbone features (per seed +0.05). Its
+    AUC/ARI are reported next to DINO's, not ranked against them (module docstring)."""
     root = tmp_path_factory.mktemp("slpd")
     seeds = SLPD_SEEDS
     slpd = {seed: _train_and_measure("slpd", seed, root, cohorts) for seed in seeds}
@@ -189,5 +223,6 @@ def test_slpd_region_features_beside_dino(random_results, dino_results, cohorts,
     for seed in seeds:
         s, r = slpd[seed], random_results[seed]
         assert np.isfinite(s["auc"]) and np.isfinite(s["ari"]) and s["auc"] > 0.5, (seed, s)
-        assert s["ari"] > r["ari"] + 0.15, (seed, s, r)
-    assert np.mean([slpd[s]["auc"] - random_results[s]["auc"] for s in seeds]) > 0.025, (slpd, random_results)
+        assert s["ari"] > r["ari"] + 0.3, (seed, s, r)
+        assert s["proto_ari"] > dino_results[seed]["ari"] + 0.05, (seed, s, dino_results[seed])
+    assert np.mean([slpd[s]["auc"] - random_results[s]["auc"] for s in seeds]) > 0.05, (slpd, random_results)

@@ -242,6 +242,9 @@ class DinoConfig(_Section):
     warmup_teacher_temp_epochs: int = Field(0, ge=0)
     student_temp: float = 0.1
     center_momentum: float = Field(0.9, ge=0, lt=1)
+    centering: Literal["ema", "sinkhorn"] = Field("ema", description="teacher targets: DINO's running centre "
+                                                  "(ema) or DINOv2's Sinkhorn-Knopp equipartition over the global "
+                                                  "batch (sinkhorn), which keeps small heads from uniform targets")
     momentum_teacher: float = Field(0.996, ge=0, le=1, description="EMA momentum, cosine-increased to 1")
     lr: float = Field(1e-3, gt=0, description="peak lr per 256 regions (linear scaling with the global batch)")
     min_lr: float = Field(1e-6, ge=0)
@@ -274,6 +277,9 @@ class DinoConfig(_Section):
     use_gpu: bool = False
     preserve_order: bool = Field(True, description="read regions/tiles in a fixed order (Ray Data preserve_order): "
                                  "with one worker a resumed run repeats the uninterrupted one")
+    shuffle_buffer: int = Field(512, ge=0, description="regions/tiles in each worker's local shuffle buffer (seeded "
+                                "by seed, epoch and rank): a batch mixes the items of several slides, where the read "
+                                "order would give it one slide's; 0 keeps the read order")
     eval_labels: str | None = Field(None, description="CSV/Parquet with slide_id, label: enables the periodic "
                                     "linear-probe and kNN evaluation on held-out slides")
     eval_every: int = Field(10, ge=0, description="epochs between evaluations (and after the last); 0: never")

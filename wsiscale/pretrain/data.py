@@ -72,8 +72,20 @@ def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[i
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = None, targets: str | None = None):
-    """A Ray Dataset of ``grid [D, g, g] float32, slide int64, region int64`` rows (one read task per file).
+def shuffled_items(files: list[RegionFile], seed: int) -> list[dict[str, Any]]:
+    """The read tasks' items (``uri``, ``slide``, ``first_region``) in a permutation fixed by ``seed``.
+
+    Manifests are often sorted by site or scan date, so neighbouring slides share a stain or scanner;
+    read in manifest order, the workers' shuffle buffers would always mix the same few slides.
+    """
+    order = np.random.default_rng((seed, 0x5EED)).permutation(len(files))
+    return [{"uri": files[i].uri, "slide": files[i].slide, "first_region": files[i].first_region} for i in order]
+
+
+def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = None, targets: str | None = None,
+                   seed: int = 0):
+    """A Ray Dataset of ``grid [D, g, g] float32, slide int64, region int64`` rows (one read task per file,
+    files in a ``seed``-fixed random order: :func:`shuffled_items`).
 
     With ``targets`` (SLPD), each read task also attaches the targets the latest clustering step
     wrote there for its regions (:func:`wsiscale.pretrain.slpd.read_region_targets`). The dataset is
@@ -81,8 +93,7 @@ def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = Non
     """
     import ray
 
-    items = [{"uri": f.uri, "slide": f.slide, "first_region": f.first_region} for f in files]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ray.data.from_items(shuffled_items(files, seed), override_num_blocks=len(files))
     from wsiscale.pretrain.run import READ_TASK_CPUS
 
     return ds.map_batches(_read_region_files, batch_size=1, num_cpus=READ_TASK_CPUS,

@@ -6,7 +6,8 @@ CPU, NCCL on GPU, set up by Ray Train), the student/teacher pair of
 schedules for lr and weight decay, EMA teacher with a cosine momentum
 schedule, DINO centering, gradient clipping, the last layer frozen for the
 first epoch(s), autocast on GPU. Batches come from the worker's shard of the
-dataset (``get_dataset_shard("train")``). Tile views are cut and colour-
+dataset (``get_dataset_shard("train")``) through a seeded shuffle buffer
+(:func:`epoch_batches`), so a batch mixes the items of several slides. Tile views are cut and colour-
 augmented by Ray Data's CPU tasks (:mod:`wsiscale.pretrain.tile_data`); region
 views (slices of the token grid) are cut here, seeded by ``(seed, step,
 rank)``, so a resumed run sees the same views as an uninterrupted one.
@@ -237,6 +238,23 @@ def _evaluate(config: dict[str, Any], p: Any, teacher: nn.Module, rank: int, wor
                                       config.get("storage")), rank, world)
 
 
+def epoch_batches(shard: Any, batch: int, buffer: int, key: tuple[int, ...]):
+    """One epoch of a worker's ``batch``-row torch batches from its dataset shard.
+
+    Read tasks yield one slide (region files) or one shard (tiles) at a time, so in read order a
+    batch would hold one slide's items: DINO's centre and every step's gradient would follow the
+    slide (its stain, its tissue mix). A shuffle buffer of ``buffer`` rows
+    (:func:`~wsiscale.pretrain.shuffle.shuffled_batches`) mixes the slides read in a row; it is
+    seeded by ``key`` (seed, epoch, rank), so with a fixed read order (``preserve_order``) an
+    epoch's batches are the same when a resumed run redoes it. ``buffer`` 0 keeps the read order.
+    """
+    if buffer <= 0:
+        return shard.iter_torch_batches(batch_size=batch, drop_last=True)
+    from wsiscale.pretrain.shuffle import shuffled_batches
+
+    return shuffled_batches(shard.iter_torch_batches(batch_size=batch), batch, buffer, np.random.default_rng(key))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point.
 
@@ -265,8 +283,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     module = student.module if hasattr(student, "module") else student
     normalise = image_normaliser(p) if p.level == "patch" else None
     views = p.global_crops + p.local_crops
-    dino = DINOLoss(p.out_dim, views, p.global_crops, p.student_temp, p.center_momentum).to(device)
-    proto_loss = DINOLoss(p.out_dim, views, 1, p.student_temp, p.center_momentum).to(device)  # SLPD intra + inter
+    dino = DINOLoss(p.out_dim, views, p.global_crops, p.student_temp, p.center_momentum, p.centering).to(device)
+    proto_loss = DINOLoss(p.out_dim, views, 1, p.student_temp, p.center_momentum, p.centering).to(device)  # SLPD
     opt = torch.optim.AdamW(param_groups(module))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and p.precision == "fp16" else None
 
@@ -315,7 +333,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progressed = False
         if p.method == "slpd" and epoch >= p.warmup_epochs:  # SLPD's clustering step, once per epoch
             targets = SlpdTargets.compute(config, p, teacher, rank, world, epoch, cluster_pool)
-        for i, b in enumerate(shard.iter_torch_batches(batch_size=batch, drop_last=True)):
+        for i, b in enumerate(epoch_batches(shard, batch, p.shuffle_buffer, (p.seed, epoch, rank))):
             if i < skip:
                 continue
             if i >= spe or step >= total:

@@ -11,6 +11,15 @@ DINO: the teacher's outputs on the global views are centred and sharpened,
 centre follows the teacher outputs: ``c <- m c + (1 - m) mean(t)`` (mean over
 the global batch of all workers when torch.distributed is initialised).
 
+With ``centering="sinkhorn"`` (DINOv2, Oquab et al. 2023, after SwAV) the teacher
+targets are instead ``softmax(t / tau_t)`` rescaled by a few Sinkhorn-Knopp
+iterations so that over the global batch every output dimension gets the same
+mass (:func:`sinkhorn_knopp`); no running centre. The EMA centre lags the
+teacher: when the young head maps every input near one direction, the centred
+logits differ by less than ``tau_t`` and the targets are uniform (the loss sits
+at ``ln K``, no gradient tells inputs apart). Equipartition makes the targets
+of a batch differ however close the logits are.
+
 SLPD reuses this loss with different teacher targets (as its official code
 does, each with its own centre): intra-slide, the target of a region is its
 assigned prototype passed through the teacher head's last layer (``T = 1``);
@@ -21,10 +30,43 @@ inter-slide, the matched prototype of each of the ``r`` nearest slides
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def _all_reduce(x: torch.Tensor, op: Any = None) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(x, op=op if op is not None else dist.ReduceOp.SUM)
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_out: torch.Tensor, teacher_temp: float, iterations: int = 3) -> torch.Tensor:
+    """``[N, K]`` teacher logits -> ``[N, K]`` targets: rows sum to 1, and over the rows of every worker
+    (``N_total``) each of the ``K`` columns sums to ``N_total / K`` (up to the last iteration's row step).
+
+    ``Q = exp(t / tau)`` is scaled alternately so that its columns (output dimensions) have equal
+    mass and its rows (samples) sum to 1, as DINOv2's ``SinkhornKnoppTeacher``; the sums over
+    samples are all-reduced, so the result equals one process holding the global batch. A worker
+    with ``N = 0`` rows joins the all-reduces.
+    """
+    x = teacher_out.float() / teacher_temp
+    peak = _all_reduce(x.max().reshape(1) if x.numel() else x.new_full((1,), -torch.inf),
+                       dist.ReduceOp.MAX if dist.is_available() else None)
+    q = torch.exp(x - peak).t()  # [K, N]
+    k = q.shape[0]
+    n = _all_reduce(torch.tensor([float(q.shape[1])], device=q.device))
+    q /= _all_reduce(q.sum().reshape(1)).clamp_min(1e-30)
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)  # each dimension: mass 1 / K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)  # each sample: mass 1 / N
+        q /= n
+    return (q * n).t()
 
 
 class DINOLoss(nn.Module):
@@ -36,11 +78,16 @@ class DINOLoss(nn.Module):
         teacher_views: ``T`` targets per region (2 global views for DINO; 1 or ``r`` for SLPD).
         student_temp: ``tau_s`` (0.1).
         center_momentum: ``m`` (0.9).
+        centering: ``"ema"`` (DINO's running centre) or ``"sinkhorn"`` (:func:`sinkhorn_knopp`).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (3, as DINOv2).
     """
 
     def __init__(self, out_dim: int, student_views: int, teacher_views: int = 2, student_temp: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, centering: str = "ema", sinkhorn_iterations: int = 3) -> None:
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be 'ema' or 'sinkhorn', not {centering!r}")
+        self.centering, self.sinkhorn_iterations = centering, sinkhorn_iterations
         self.student_views = student_views
         self.teacher_views = teacher_views
         self.student_temp = student_temp
@@ -55,13 +102,19 @@ class DINOLoss(nn.Module):
         With ``B = 0`` the loss is 0, and the centre update still takes part in the all-reduce
         (every worker must join it).
         """
+        sinkhorn = self.centering == "sinkhorn"
         if student_out.shape[0] == 0:
-            if update_center:
+            if sinkhorn:
+                sinkhorn_knopp(teacher_out, teacher_temp, self.sinkhorn_iterations)  # joins the all-reduces
+            elif update_center:
                 self.update_center(teacher_out)
             return student_out.new_zeros((), dtype=torch.float32)
         s = (student_out.float() / self.student_temp).chunk(self.student_views)
-        t = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1).detach().chunk(
-            teacher_views or self.teacher_views)
+        if sinkhorn:
+            q = sinkhorn_knopp(teacher_out, teacher_temp, self.sinkhorn_iterations)
+        else:
+            q = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
+        t = q.detach().chunk(teacher_views or self.teacher_views)
         total, terms = student_out.new_zeros((), dtype=torch.float32), 0
         for i, q in enumerate(t):
             for v, sv in enumerate(s):
@@ -69,7 +122,7 @@ class DINOLoss(nn.Module):
                     continue
                 total = total + torch.sum(-q * F.log_softmax(sv, dim=-1), dim=-1).mean()
                 terms += 1
-        if update_center:
+        if update_center and not sinkhorn:
             self.update_center(teacher_out)
         return total / max(terms, 1)
 

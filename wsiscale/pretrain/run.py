@@ -52,7 +52,7 @@ def _inputs(cfg: WsiscaleConfig, source: str, targets: str) -> tuple[list, list[
     if shape[1] < p.global_crop_tokens or shape[2] < p.global_crop_tokens:
         raise ConfigError(f"region grids are {shape[1]} x {shape[2]} tokens, smaller than the "
                           f"{p.global_crop_tokens}-token global crops: lower pretrain.global_crop_tokens")
-    return files, slide_ids, shape, region_dataset(files, shape, cfg.storage, targets)
+    return files, slide_ids, shape, region_dataset(files, shape, cfg.storage, targets, p.seed)
 
 
 def pretrain_source(cfg: WsiscaleConfig, tiles: str | None = None, embeddings: str | None = None) -> str:

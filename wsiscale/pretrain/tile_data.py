@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.pretrain.data import RegionFile, run_files
+from wsiscale.pretrain.data import RegionFile, run_files, shuffled_items
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ def view_settings(pretrain: Any) -> dict[str, Any]:
 
 
 def tile_dataset(files: list[RegionFile], pretrain: Any, storage: Any = None, cpus: float = 0.5):
-    """A Ray Dataset of ``view_i [S, S, 3] uint8, slide, tile`` rows (one augmenting task per shard file)."""
+    """A Ray Dataset of ``view_i [S, S, 3] uint8, slide, tile`` rows (one augmenting task per shard file,
+    files in a ``pretrain.seed``-fixed random order)."""
     import ray
 
-    items = [{"uri": f.uri, "slide": f.slide, "first_region": f.first_region} for f in files]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ray.data.from_items(shuffled_items(files, pretrain.seed), override_num_blocks=len(files))
     return ds.map_batches(_view_batches, batch_size=1, num_cpus=cpus,
                           fn_kwargs={"storage": storage, "views": view_settings(pretrain)})
