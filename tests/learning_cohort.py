@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wsiscale.synth.layout import LayoutParams, make_layout
-from wsiscale.synth.textures import N_CLASSES
+from wsiscale.synth.textures import N_CLASSES, TUMOUR_CLASSES
 
 
 @dataclass
@@ -44,6 +44,7 @@ class CohortSpec:
     slide_shift: float = 0.0  # std per dimension of a shift added to every token of a slide (scanner/stain batch)
     slide_warp: float = 0.0  # std of a per-slide linear mix of token dimensions, I + warp * N(0, 1/D)
     region_shift: float = 0.0  # std per dimension of a shift added to every token of a region (local stain, focus)
+    subtype_angle: float = 0.0  # degrees: >0 makes solid tumour's variants glandular's turned by this angle (subtypes)
     layout: LayoutParams = field(default_factory=lambda: LayoutParams(region_um=700.0, dust=False,
                                                                       tumour_fraction=(0.02, 0.06)))
 
@@ -64,6 +65,13 @@ def class_vectors(spec: CohortSpec, seed: int) -> np.ndarray:
     if spec.centred:
         half = rng.normal(size=(N_CLASSES, (spec.variants + 1) // 2, d))
         half *= spec.class_scale * np.sqrt(d) / np.linalg.norm(half, axis=-1, keepdims=True)
+        if spec.subtype_angle:  # two tumour subtypes a small turn apart: one slide's many regions tell them apart
+            g, sd = TUMOUR_CLASSES
+            u = rng.normal(size=half[g].shape)
+            u -= (u * half[g]).sum(-1, keepdims=True) * half[g] / (half[g] ** 2).sum(-1, keepdims=True)
+            u *= np.linalg.norm(half[g], axis=-1, keepdims=True) / np.linalg.norm(u, axis=-1, keepdims=True)
+            a = np.deg2rad(spec.subtype_angle)
+            half[sd] = np.cos(a) * half[g] + np.sin(a) * u
         v = np.concatenate([half, -half], axis=1)[:, : spec.variants]
         offset = rng.normal(size=d) * spec.offset
         return (v + offset).astype(np.float32)
