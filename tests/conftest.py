@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 import wsiscale  # noqa: F401  (imports cuCIM before anything imports torch)
 from wsiscale.synth.cohort import cached_texture_bank, load_bank
@@ -51,18 +51,12 @@ def slide_path(make_slide) -> Path:
     return make_slide("tumour-pen", label=1, seed=11, layout=LayoutParams(pen_marks=True))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint (moto server) on 127.0.0.1 with fake credentials in the environment."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}

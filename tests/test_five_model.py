@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 
 from wsiscale.config import FiveConfig
 from wsiscale.five.data import field_text, step_texts
@@ -126,12 +126,6 @@ def test_step_texts_drop_fields_for_the_whole_step_and_shuffle_per_slide():
         "tissue type: adenocarcinoma; growth pattern: crowded glands; necrosis: focal necrosis")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -167,7 +161,7 @@ def test_distributed_loss_on_two_gloo_processes_equals_one_process(tmp_path):
     """2 slides per worker: summed loss and gradients (visual side and text features) equal one process."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ranks, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     model = build_five_model(FiveConfig(dim=16, heads=2, prompt_tokens=2), 6, 8).double()
     tiles, pos = torch.randn(4, 5, 6, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)

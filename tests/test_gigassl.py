@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ports import free_port
 
 from wsiscale.gigassl.losses import nt_xent
 from wsiscale.gigassl.sparse import (global_avg_pool, sparse_map, strided_avg_pool, strided_conv, strided_sites,
@@ -127,12 +127,6 @@ def test_gigassl_model_shapes_and_permutation_invariance():
     assert not torch.allclose(moved, h)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -168,7 +162,7 @@ def test_global_batchnorm_and_nt_xent_on_two_gloo_processes_equal_one_process(tm
 
     from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
 
-    mp.spawn(_ranks, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     x = torch.randn(8, 5, dtype=torch.float64)
     lin = torch.nn.Linear(5, 4).double()

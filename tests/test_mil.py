@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 
 from wsiscale.config import ConfigError, MilConfig
 from wsiscale.mil.folds import stratified_folds
@@ -137,12 +137,6 @@ def test_fold_metrics_by_hand():
     assert s["bag_auc"] == {"mean": 0.75, "std": 0.25, "n": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -169,7 +163,7 @@ def test_distributed_range_gradients_and_batchnorm_on_two_gloo_processes(tmp_pat
     """The pseudo-label range is the min/max over every worker; gradients are summed; BN statistics averaged."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_two_ranks, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         got = np.load(tmp_path / f"rank{rank}.npy")
         np.testing.assert_allclose(got, [-2.0, 4.0, 1.0, 2.0, 1.0, 1.0])
@@ -234,7 +228,7 @@ def test_batch_norm_across_two_gloo_workers_equals_one_process_on_the_whole_batc
     xr = x.clone().requires_grad_(True)
     y = ref(xr)
     (y * upstream).sum().backward()
-    mp.spawn(_norm_ranks, args=(_free_port(), str(tmp_path), split), nprocs=2, join=True)
+    mp.spawn(_norm_ranks, args=(free_port(), str(tmp_path), split), nprocs=2, join=True)
     got = [np.load(tmp_path / f"norm{r}.npz") for r in (0, 1)]
     np.testing.assert_allclose(np.concatenate([got[0]["y"], got[1]["y"]]), y.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(np.concatenate([got[0]["dx"], got[1]["dx"]]), xr.grad.numpy(), atol=1e-5)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,12 +110,6 @@ def test_pipeline_job_refuses_bad_input_with_exit_2(tmp_path, capsys):
     assert re.search(r"run\s+it\s+with\s+a\s+file://\s+output", said.out + said.err)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, token: str | None = None, body: list | None = None) -> int:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -147,11 +141,11 @@ def token_auth_head(tmp_path):
     token = (home / ".ray" / "auth_token").read_text().strip()
     assert token
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    port = _free_port()
+    port = free_port()
     address = f"http://127.0.0.1:{port}"
     # Every listening port is a free one: the test session's own Ray (ray_local) holds the defaults, and a
     # second agent on its port leaves the head without a job agent ("No available agent to submit job").
-    ports = [f"--{name}={_free_port()}" for name in (
+    ports = [f"--{name}={free_port()}" for name in (
         "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
         "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
     head = subprocess.Popen([ray, "start", "--head", "--block", *ports, "--num-cpus=2",

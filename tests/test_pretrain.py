@@ -79,16 +79,12 @@ def _sinkhorn_ranks(rank: int, port: int, out: str, split: int) -> None:
 def test_sinkhorn_knopp_on_two_gloo_workers_equals_one_process_on_the_whole_batch(tmp_path, split):
     """Equipartition is over the global batch: rows split 2/3 (and 5/0: a worker without rows joins the
     all-reduces) give the targets of one process holding all 5 rows."""
-    import socket
-
     import torch.multiprocessing as mp
+    from ports import free_port
 
     from wsiscale.pretrain.losses import sinkhorn_knopp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_sinkhorn_ranks, args=(port, str(tmp_path), split), nprocs=2, join=True)
+    mp.spawn(_sinkhorn_ranks, args=(free_port(), str(tmp_path), split), nprocs=2, join=True)
     got = np.concatenate([np.load(tmp_path / f"sk{r}.npy") for r in (0, 1)])
     want = sinkhorn_knopp(torch.linspace(-1, 1, 5 * 7).reshape(5, 7).sin(), 0.1).numpy()
     assert got.shape == (5, 7)

@@ -108,16 +108,15 @@ def _prototype_ari(summary, pretrain, test) -> float:
     import torch
     from sklearn.metrics import adjusted_rand_score
 
-    from wsiscale.index.prototypes import batched_kmeans
     from wsiscale.pretrain.features import TeacherFeatures
+    from wsiscale.pretrain.slpd import slide_prototypes
 
     state = torch.load(f"{summary['checkpoint']}/state.pt", weights_only=True)
     teacher = TeacherFeatures(state["teacher"], pretrain.model_dump(mode="json"), list(test[0].grids.shape[1:]))
     aris = []
     for s in test:
         z = teacher(s.grids, crop=pretrain.global_crop_tokens, head=True)
-        protos, _ = batched_kmeans([z], PROTOTYPES, iters=10, spherical=True, restarts=3, seeds=[0])
-        aris.append(adjusted_rand_score(s.dominant, (z @ protos[0].T).argmax(1)))
+        aris.append(adjusted_rand_score(s.dominant, slide_prototypes(z, PROTOTYPES, 10, 3, seed=0)[1]))
     return float(np.mean(aris))
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 
 def _all_reduce(x: torch.Tensor, op: Any = None) -> torch.Tensor:
+    """``x`` reduced in place over every worker (sum unless ``op``) when torch.distributed is initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(x, op=op if op is not None else dist.ReduceOp.SUM)
     return x
@@ -129,11 +130,8 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """``c <- m c + (1 - m) * mean of teacher_out`` over the batch of every worker."""
-        total = teacher_out.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([teacher_out.shape[0]], dtype=torch.float32, device=total.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        total = _all_reduce(teacher_out.float().sum(dim=0, keepdim=True))
+        count = _all_reduce(torch.tensor([teacher_out.shape[0]], dtype=torch.float32, device=total.device))
         if count.item() > 0:
             self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
 

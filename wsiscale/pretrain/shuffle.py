@@ -65,12 +65,13 @@ def shuffled_batches(batches: Iterable[Batch], batch: int, buffer: int, rng: np.
                 v[picked] = b[k]
         out.append(leaving)
         n_out += n
-        while n_out >= batch:
-            merged = _cat(out)
-            yield _take(merged, torch.arange(batch))
-            n_out -= batch
-            out = [_take(merged, torch.arange(batch, batch + n_out))] if n_out else []
-    rest = [p for p in ([slots] if slots is not None else filling) if p is not None]
+        if n_out >= batch:
+            merged, full = _cat(out), n_out - n_out % batch
+            for i in range(0, full, batch):
+                yield {k: v[i : i + batch] for k, v in merged.items()}
+            n_out -= full
+            out = [{k: v[full:] for k, v in merged.items()}] if n_out else []
+    rest = [slots] if slots is not None else filling
     if rest:
         whole = _cat(out + rest)
         total = len(next(iter(whole.values())))

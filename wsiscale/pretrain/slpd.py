@@ -61,6 +61,15 @@ class ClusterResult:
     neighbour_protos: np.ndarray
 
 
+def slide_prototypes(z: np.ndarray, m: int, iters: int, restarts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One slide's prototypes: ``z [n, d]`` normalised teacher features -> ``(prototypes [m, d], assign [n])``
+    by spherical k-means (``iters`` iterations, best of ``restarts``), each region to its most similar prototype."""
+    from wsiscale.index.prototypes import batched_kmeans
+
+    p, _ = batched_kmeans([z], m, iters=iters, spherical=True, restarts=restarts, seeds=[seed])
+    return p[0], (z @ p[0].T).argmax(1)
+
+
 class SlideClusterer:
     """Clustering actor body: teacher features of one slide's regions, then the slide's prototypes.
 
@@ -99,7 +108,6 @@ class SlideClusterer:
         return self.teacher(grids, crop=self.crop, head=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from wsiscale.index.prototypes import batched_kmeans
         from wsiscale.index.slides import slide_seed
         from wsiscale.pretrain.features import read_slide_items
 
@@ -108,10 +116,7 @@ class SlideClusterer:
             z = self.features(read_slide_items(list(uris), self.storage, self.shape, "region"))
             ok = len(z) >= max(self.min_regions, 1)
             if ok:
-                p, _ = batched_kmeans([z], self.m, iters=self.iters, spherical=True, restarts=self.restarts,
-                                      seeds=[slide_seed(int(slide), self.seed)])
-                p = p[0]
-                a = (z @ p.T).argmax(1)
+                p, a = slide_prototypes(z, self.m, self.iters, self.restarts, slide_seed(int(slide), self.seed))
             else:
                 p, a = np.zeros((self.m, z.shape[1] if z.size else 1), np.float32), np.zeros(0, np.int64)
             slides.append(int(slide))
