@@ -266,6 +266,7 @@ def test_region_dino_on_two_workers_learns_and_resumes(tmp_path):
     summary = run_pretraining(cfg, run, str(out))
     m = summary["metrics"]
     assert m["world"] == 2 and m["step"] == m["total_steps"] == 6 * (64 // 2 // 8)
+    assert (m["device"], m["backend"], m["precision"]) == ("cpu", "gloo", "fp32")  # autocast is GPU-only
     ckpts = sorted(p for p in (out / "pretrain").glob("checkpoint_*") if p.is_dir())
     assert len(ckpts) == 2 and summary["checkpoint"] == str(ckpts[-1])  # num_to_keep=2: steps 16 and 24
     history = json.loads((ckpts[-1] / "meta.json").read_text())["history"]

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from wsiscale.checkpoints import read_checkpoint, report_checkpoint
@@ -214,8 +215,6 @@ class SlpdTargets:
 
 def _on_rank0(fn, rank: int, world: int) -> Any:
     """``fn()`` run on rank 0 only, its (picklable) result broadcast to every rank."""
-    import torch.distributed as dist
-
     holder: list[Any] = [fn() if rank == 0 else None]
     if world > 1 and dist.is_initialized():
         dist.broadcast_object_list(holder, src=0)
@@ -287,6 +286,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     proto_loss = DINOLoss(p.out_dim, views, 1, p.student_temp, p.center_momentum, p.centering).to(device)  # SLPD
     opt = torch.optim.AdamW(param_groups(module))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and p.precision == "fp16" else None
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"  # gloo / nccl
+    precision = p.precision if device.type == "cuda" else "fp32"  # what _autocast runs
 
     batch, n_items = p.batch_size, int(config["n_items"])
     unit = "tiles" if p.level == "patch" else "regions"
@@ -393,7 +394,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 now = time.perf_counter()
                 metrics = history[-1] | {f"{unit}_per_s": n_last / max(now - t_last, 1e-9), "resumed_from": resumed_from,
                                          "loss_mean": float(np.mean([h["loss"] for h in history[-p.log_every:]])),
-                                         "world": world, "total_steps": total}
+                                         "world": world, "total_steps": total, "device": device.type,
+                                         "backend": backend, "precision": precision}
                 if evaluations:
                     metrics |= {k: v for k, v in evaluations[-1].items() if k not in ("epoch", "step")}
                 t_last, n_last = now, 0
