@@ -25,6 +25,7 @@ import numpy as np
 from wsiscale.config import FiveConfig, WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, read_bytes, write_bytes_atomic
 from wsiscale.progress import watch_progress
+from wsiscale.train_scaling import scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ def train_five(cfg: WsiscaleConfig, embeddings: str, manifest: str, out: str) ->
         raise ValueError(f"{manifest}: {len(train)} of {len(slides)} slides have a report with any of the fields "
                          f"{five.fields} in column {five.report_column!r}; FiVE trains on reports")
     lo, hi = five.num_workers
-    scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=five.use_gpu,
-                                      resources_per_worker={"CPU": five.cpus_per_worker}
-                                      | ({"GPU": 1} if five.use_gpu else {}))
+    scaling = scaling_config(cfg, "five", (lo, hi), five.cpus_per_worker, five.use_gpu)
     run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=five.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

@@ -26,6 +26,7 @@ import numpy as np
 from wsiscale.config import WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, read_bytes, write_bytes_atomic
 from wsiscale.progress import watch_progress
+from wsiscale.train_scaling import scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, A
     out = normalize_uri(out)
     entries, dim = gigassl_slides(embeddings, cfg.storage)
     lo, hi = g.num_workers
-    scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=g.use_gpu,
-                                      resources_per_worker={"CPU": g.cpus_per_worker} | ({"GPU": 1} if g.use_gpu else {}))
+    scaling = scaling_config(cfg, "gigassl", (lo, hi), g.cpus_per_worker, g.use_gpu)
     run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=g.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

@@ -23,6 +23,7 @@ import numpy as np
 from wsiscale.config import WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
 from wsiscale.progress import watch_progress
+from wsiscale.train_scaling import scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     specs, dim = bag_specs(cfg, embeddings, labels)
     folds = stratified_folds(np.array([s.label for s in specs]), mil.folds, mil.seed, mil.val_fraction)
     lo, hi = mil.num_workers
-    scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=mil.use_gpu,
-                                      resources_per_worker={"CPU": mil.cpus_per_worker}
-                                      | ({"GPU": 1} if mil.use_gpu else {}))
+    scaling = scaling_config(cfg, "mil", (lo, hi), mil.cpus_per_worker, mil.use_gpu)
     run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=mil.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

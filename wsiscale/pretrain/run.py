@@ -26,6 +26,7 @@ from typing import Any
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
 from wsiscale.progress import watch_progress
+from wsiscale.train_scaling import scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
         evaluation = {"slides": slides.tolist(), "labels": labels.tolist(), "classes": names}
     lo, hi = p.num_workers
     check_data_cpus(cfg, hi)
-    scaling = ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=p.use_gpu,
-                                      resources_per_worker={"CPU": p.cpus_per_worker} | ({"GPU": 1} if p.use_gpu else {}),
-                                      **({"elastic_resize_monitor_interval_s": p.resize_check_s} if lo != hi else {}))
+    scaling = scaling_config(cfg, "pretrain", (lo, hi), p.cpus_per_worker, p.use_gpu, p.resize_check_s)
     run_config = ray.train.RunConfig(
         name="pretrain", **ray_storage(out, cfg.storage),
         failure_config=ray.train.FailureConfig(max_failures=p.max_failures),

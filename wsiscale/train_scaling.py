@@ -1,0 +1,53 @@
+"""Ray Train worker groups of the training stages (pretrain, mil, gigassl, five): one ``ScalingConfig`` recipe.
+
+Each stage's config section has ``num_workers: (min, max)`` (elastic when they differ),
+``cpus_per_worker`` and ``use_gpu`` (one GPU per worker). Before the group is asked for,
+:func:`check_gpus` makes sure the cluster can hold it: Ray Train otherwise waits forever
+for GPUs that a local Ray will never have.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from wsiscale.config import ConfigError, WsiscaleConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_gpus(cfg: WsiscaleConfig, section: str, workers: int, use_gpu: bool) -> None:
+    """With ``use_gpu``, the cluster needs one GPU per training worker (``workers``: the group's minimum).
+
+    On a fixed (local) cluster too few GPUs is an error; on a cluster joined by address the
+    autoscaler may add GPU nodes, so it is a warning.
+    """
+    if not use_gpu:
+        return
+    import ray
+
+    total = ray.cluster_resources().get("GPU", 0.0)
+    if total >= workers:
+        return
+    msg = (f"{section}.use_gpu asks for one GPU per training worker ({workers} at least) and the cluster has "
+           f"{total:g}: set {section}.use_gpu=false to train on CPUs, lower {section}.num_workers, or add GPU nodes")
+    if cfg.ray.address is None:
+        raise ConfigError(msg)
+    log.warning("%s (waiting for the autoscaler to add GPU nodes)", msg)
+
+
+def scaling_config(cfg: WsiscaleConfig, section: str, num_workers: tuple[int, int], cpus_per_worker: float,
+                   use_gpu: bool, resize_check_s: float | None = None) -> Any:
+    """``ray.train.ScalingConfig`` for ``section``'s worker group, after :func:`check_gpus`.
+
+    ``num_workers``: ``(min, max)``, a fixed group when equal, else elastic (Ray Train looks for room
+    to grow every ``resize_check_s`` seconds, its default when None).
+    """
+    import ray.train
+
+    lo, hi = num_workers
+    check_gpus(cfg, section, lo, use_gpu)
+    elastic = {"elastic_resize_monitor_interval_s": resize_check_s} if lo != hi and resize_check_s else {}
+    return ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=use_gpu,
+                                   resources_per_worker={"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {}),
+                                   **elastic)
