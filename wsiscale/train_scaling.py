@@ -29,11 +29,17 @@ def check_gpus(cfg: WsiscaleConfig, section: str, workers: int, use_gpu: bool) -
     total = ray.cluster_resources().get("GPU", 0.0)
     if total >= workers:
         return
-    msg = (f"{section}.use_gpu asks for one GPU per training worker ({workers} at least) and the cluster has "
-           f"{total:g}: set {section}.use_gpu=false to train on CPUs, lower {section}.num_workers, or add GPU nodes")
+    refuse_or_wait(cfg, f"{section}.use_gpu asks for one GPU per training worker ({workers} at least) and the "
+                        f"cluster has {total:g}: set {section}.use_gpu=false to train on CPUs, lower "
+                        f"{section}.num_workers, or add GPU nodes", "GPU nodes")
+
+
+def refuse_or_wait(cfg: WsiscaleConfig, msg: str, missing: str) -> None:
+    """A worker group the cluster cannot hold now: a ``ConfigError`` on a fixed (local) Ray, which never grows;
+    a warning on a cluster joined by address, whose autoscaler may add the ``missing`` resources."""
     if cfg.ray.address is None:
         raise ConfigError(msg)
-    log.warning("%s (waiting for the autoscaler to add GPU nodes)", msg)
+    log.warning("%s (waiting for the autoscaler to add %s)", msg, missing)
 
 
 def scaling_config(cfg: WsiscaleConfig, section: str, num_workers: tuple[int, int], cpus_per_worker: float,

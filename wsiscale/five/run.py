@@ -49,8 +49,7 @@ def train_five(cfg: WsiscaleConfig, embeddings: str, manifest: str, out: str) ->
     if len(train) < 2:
         raise ValueError(f"{manifest}: {len(train)} of {len(slides)} slides have a report with any of the fields "
                          f"{five.fields} in column {five.report_column!r}; FiVE trains on reports")
-    lo, hi = five.num_workers
-    scaling = scaling_config(cfg, "five", (lo, hi), five.cpus_per_worker, five.use_gpu)
+    scaling = scaling_config(cfg, "five", five.num_workers, five.cpus_per_worker, five.use_gpu)
     run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=five.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

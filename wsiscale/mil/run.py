@@ -42,8 +42,7 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     out = normalize_uri(out)
     specs, dim = bag_specs(cfg, embeddings, labels)
     folds = stratified_folds(np.array([s.label for s in specs]), mil.folds, mil.seed, mil.val_fraction)
-    lo, hi = mil.num_workers
-    scaling = scaling_config(cfg, "mil", (lo, hi), mil.cpus_per_worker, mil.use_gpu)
+    scaling = scaling_config(cfg, "mil", mil.num_workers, mil.cpus_per_worker, mil.use_gpu)
     run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
                                      failure_config=ray.train.FailureConfig(max_failures=mil.max_failures),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

@@ -26,7 +26,7 @@ from typing import Any
 from wsiscale.config import ConfigError, WsiscaleConfig, save_config
 from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
 from wsiscale.progress import watch_progress
-from wsiscale.train_scaling import scaling_config
+from wsiscale.train_scaling import refuse_or_wait, scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ def check_data_cpus(cfg: WsiscaleConfig, workers: int, cpus_per_worker: float | 
         return
     msg = (f"{holders} {held:g} of the cluster's {total:g} CPUs, leaving less than the "
            f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {fix}, or add CPUs")
-    if cfg.ray.address is None:
-        raise ConfigError(msg)
-    log.warning("%s (waiting for the autoscaler to add CPUs)", msg)
+    refuse_or_wait(cfg, msg, "CPUs")
 
 
 def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
