@@ -53,7 +53,7 @@ def cluster(argv: list[str]) -> None:
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.pretrain.data import region_files
-    from wsiscale.pretrain.loop import build_model
+    from wsiscale.pretrain.model import build_model
     from wsiscale.pretrain.slpd import ClusterPool, cluster_step, write_targets
 
     ap = argparse.ArgumentParser(description="SLPD clustering step vs number of slides")
@@ -123,7 +123,8 @@ def tiles(argv: list[str]) -> None:
     import torch
 
     from wsiscale.config import WsiscaleConfig
-    from wsiscale.pretrain.loop import _autocast, build_model, param_groups
+    from wsiscale.pretrain.loop import _autocast, param_groups
+    from wsiscale.pretrain.model import build_model
     from wsiscale.pretrain.losses import DINOLoss
 
     ap = argparse.ArgumentParser(description="DINO on tiles: images/s of one training process")

@@ -18,32 +18,18 @@ vectors (NaN/inf rows, mixed dimensions, k larger than the number of vectors).
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser
-
-    p = job_parser("jobs/cluster.py", "k-means of an embedding run on the FAISS pool.", "jobs/configs/index.yaml",
-                   "index.shards=8")
-    p.add_argument("--embeddings", help="embedding run directory (default: <output>/embeddings)")
-    p.add_argument("--out", help="output directory (default: <output>/clusters)")
-    p.add_argument("--k", type=int, help="clusters (default: index.kmeans_k)")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import print_cluster_result, run_job
-    from wsiscale.index.kmeans import IndexInputError
-    from wsiscale.index.stages import run_cluster
+    """The ``jobs/cluster.py`` driver: :data:`wsiscale.commands.index.CLUSTER` run as a Ray job."""
+    from wsiscale.commands.index import CLUSTER
+    from wsiscale.commands.runner import job_main
 
-    args = build_parser().parse_args(argv)
-    return run_job(args, lambda cfg: run_cluster(cfg, args.embeddings, args.out, k=args.k), print_cluster_result,
-                   (IndexInputError, FileNotFoundError), lambda m: {k: v for k, v in m.items() if k != "sizes"})
+    return job_main(CLUSTER, argv, "jobs/cluster.py", "jobs/configs/index.yaml",
+                    "k-means of an embedding run on the FAISS pool.")
 
 
 if __name__ == "__main__":

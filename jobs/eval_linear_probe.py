@@ -20,33 +20,18 @@ class, fewer than 4 labelled slides, no slide id shared by the two tables).
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser, linear_probe_arguments
-
-    p = job_parser("jobs/eval_linear_probe.py", "Linear probe of slide vectors: repeated k-fold and few-label draws.",
-                   "jobs/configs/eval_linear_probe.yaml", "eval.probe_train_sizes=[25,50,100]")
-    linear_probe_arguments(p)
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import linear_probe_inputs, print_linear_probe, run_job
-    from wsiscale.config import ConfigError
-    from wsiscale.eval.linear_probe import run_linear_probe
+    """The ``jobs/eval_linear_probe.py`` driver: :data:`wsiscale.commands.evaluation.PROBE` run as a Ray job."""
+    from wsiscale.commands.evaluation import PROBE
+    from wsiscale.commands.runner import job_main
 
-    args = build_parser().parse_args(argv)
-
-    def work(cfg):
-        return run_linear_probe(cfg, *linear_probe_inputs(cfg, args))
-
-    printer = (lambda doc: None) if args.json else print_linear_probe
-    return run_job(args, work, printer, (FileNotFoundError, ConfigError))
+    return job_main(PROBE, argv, "jobs/eval_linear_probe.py", "jobs/configs/eval_linear_probe.yaml",
+                    "Linear probe of slide vectors: repeated k-fold and few-label draws.")
 
 
 if __name__ == "__main__":

@@ -21,57 +21,18 @@ Exit status: 0 on success, 2 for a bad config or a missing run.
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser
-
-    p = job_parser("jobs/gigassl.py", "Giga-SSL: train the slide encoder on Ray Train and embed every slide.",
-                   "jobs/configs/gigassl.yaml", "gigassl.num_workers=[2,8]")
-    p.add_argument("--embeddings", help="augmented tiles-mode embedding run (default: <output>/embeddings)")
-    p.add_argument("--out", help="model directory (default: <output>/gigassl)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--skip-train", action="store_true", help="embed with the model already in --out")
-    g.add_argument("--skip-embed", action="store_true", help="train only")
-    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import gigassl_paths, print_gigassl_embed, print_gigassl_train, run_job
-    from wsiscale.config import ConfigError
-    from wsiscale.demo import ray_session
-    from wsiscale.gigassl.run import embed_gigassl, train_gigassl
-    from wsiscale.io.uri import join_uri
+    """The ``jobs/gigassl.py`` driver: :data:`wsiscale.commands.training.GIGASSL` run as a Ray job."""
+    from wsiscale.commands.runner import job_main
+    from wsiscale.commands.training import GIGASSL
 
-    args = build_parser().parse_args(argv)
-
-    def work(cfg):
-        embeddings, out = gigassl_paths(cfg, args.embeddings, args.out)
-        doc: dict = {"model": out}
-        with ray_session(cfg):
-            if not args.skip_train:
-                doc["train"] = train_gigassl(cfg, embeddings, out)
-            if not args.skip_embed:
-                doc["embed"] = embed_gigassl(cfg, embeddings, out, join_uri(out, "vectors"))
-        return doc
-
-    def printer(doc):
-        if "train" in doc:
-            print_gigassl_train(doc["train"])
-        if "embed" in doc:
-            print_gigassl_embed(doc["embed"])
-
-    def to_json(doc):
-        return {"model": doc["model"], "steps": doc.get("train", {}).get("steps"),
-                "final_loss": doc.get("train", {}).get("final_loss"),
-                "embed": {k: v for k, v in doc.get("embed", {}).items() if k != "failures"}}
-
-    return run_job(args, work, printer, (FileNotFoundError, ConfigError), to_json=to_json)
+    return job_main(GIGASSL, argv, "jobs/gigassl.py", "jobs/configs/gigassl.yaml",
+                    "Giga-SSL: train the slide encoder on Ray Train and embed every slide.")
 
 
 if __name__ == "__main__":

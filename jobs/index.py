@@ -18,34 +18,18 @@ Exit status: 0 on success, 2 for a bad config, a missing run or no usable slide.
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser
-
-    p = job_parser("jobs/index.py", "Per-slide prototypes and slide neighbours.", "jobs/configs/index.yaml",
-                   "index.prototypes_per_slide=2")
-    p.add_argument("--embeddings", help="embedding run directory (default: <output>/embeddings)")
-    p.add_argument("--out", help="index directory (default: <output>/slide-index)")
-    p.add_argument("--neighbours", type=int, default=0, metavar="K",
-                   help="also write neighbours.parquet with every slide's K nearest slides")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import print_index_result, run_job
-    from wsiscale.index.kmeans import IndexInputError
-    from wsiscale.index.stages import run_slide_index
+    """The ``jobs/index.py`` driver: :data:`wsiscale.commands.index.INDEX` run as a Ray job."""
+    from wsiscale.commands.index import INDEX
+    from wsiscale.commands.runner import job_main
 
-    args = build_parser().parse_args(argv)
-    return run_job(args, lambda cfg: run_slide_index(cfg, args.embeddings, args.out, neighbours=args.neighbours),
-                   print_index_result, (IndexInputError, FileNotFoundError),
-                   lambda m: {k: v for k, v in m.items() if k != "files"})
+    return job_main(INDEX, argv, "jobs/index.py", "jobs/configs/index.yaml",
+                    "Per-slide prototypes and slide neighbours.")
 
 
 if __name__ == "__main__":

@@ -16,51 +16,22 @@ Exit status: 0 on success, 2 for a bad config, a missing manifest or an unusable
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser
-
-    p = job_parser("jobs/pipeline.py", "tile -> embed -> regions -> pretrain (SLPD) -> index -> evaluate, one config.",
-                   "jobs/configs/pipeline.yaml", "pipeline.stages=[index,evaluate]")
-    p.add_argument("--manifest", help="slide manifest (default: ingest.manifest or <output>/manifest.parquet)")
-    p.add_argument("--synth", type=int, metavar="N", help="first generate N synthetic slides into <output>/slides "
-                   "(synth.* settings) and run on them")
-    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import print_pipeline_summary, run_job
-    from wsiscale.config import ConfigError
-    from wsiscale.io.manifest import ManifestError
-    from wsiscale.models.errors import EncoderError
-    from wsiscale.pipeline import run_pipeline
+    """The ``jobs/pipeline.py`` driver: :data:`wsiscale.pipeline.PIPELINE` run as a Ray job."""
+    from wsiscale.commands.runner import job_main
+    from wsiscale.pipeline import PIPELINE
 
-    args = build_parser().parse_args(argv)
-    if not any(o.startswith("ray.address") for o in args.overrides):
-        args.overrides.append("ray.address=auto")  # a job's driver joins the cluster it was submitted to
-
-    def work(cfg):
-        manifest = args.manifest
-        if args.synth:
-            from wsiscale.io.uri import is_local, join_uri, local_path, normalize_uri
-            from wsiscale.synth.cohort import build_cohort
-
-            slides = join_uri(normalize_uri(cfg.output), "slides")
-            if not is_local(slides):
-                raise ConfigError(f"--synth writes slides to local disk, but output is {cfg.output}: run it with a "
-                                  "file:// output (or copy generated slides to object storage and pass --manifest)")
-            cfg.synth.n_slides = args.synth
-            manifest = str(build_cohort(cfg.synth, local_path(slides)))
-        return run_pipeline(cfg, manifest)
-
-    return run_job(args, work, print_pipeline_summary, (FileNotFoundError, ConfigError, ManifestError, EncoderError),
-                   to_json=lambda doc: doc)
+    if argv is None:
+        argv = sys.argv[1:]
+    if not any(a.startswith("ray.address") for a in argv):
+        argv = [*argv, "--set", "ray.address=auto"]  # a job's driver joins the cluster it was submitted to
+    return job_main(PIPELINE, argv, "jobs/pipeline.py", "jobs/configs/pipeline.yaml",
+                    "tile -> embed -> regions -> pretrain (SLPD) -> index -> evaluate, one config.")
 
 
 if __name__ == "__main__":

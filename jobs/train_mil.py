@@ -21,40 +21,18 @@ Exit status: 0 on success, 2 for a bad config or a missing run/labels table.
 
 from __future__ import annotations
 
-import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from wsiscale.cli import job_parser
-
-    p = job_parser("jobs/train_mil.py", "MIL slide classification (meanpool, maxpool, ABMIL, WENO) on Ray Train.",
-                   "jobs/configs/train_mil.yaml", "mil.num_workers=[2,4]")
-    p.add_argument("--method", choices=["meanpool", "maxpool", "abmil", "weno"], help="default: mil.method")
-    p.add_argument("--embeddings", help="tiles-mode embedding run (default: <output>/embeddings)")
-    p.add_argument("--labels", help="labels table (default: <output>/manifest.parquet)")
-    p.add_argument("--out", help="results directory (default: <output>/mil-<method>)")
-    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
-    return p
+import wsiscale  # noqa: F401  (first: cuCIM before anything that may import torch)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsiscale.cli import mil_inputs, print_mil_result, run_job
-    from wsiscale.config import ConfigError
-    from wsiscale.demo import ray_session
-    from wsiscale.mil.run import run_mil
+    """The ``jobs/train_mil.py`` driver: :data:`wsiscale.commands.training.MIL` run as a Ray job."""
+    from wsiscale.commands.runner import job_main
+    from wsiscale.commands.training import MIL
 
-    args = build_parser().parse_args(argv)
-
-    def work(cfg):
-        embeddings, labels, out = mil_inputs(cfg, args.embeddings, args.labels, args.out, args.method)
-        with ray_session(cfg):
-            return run_mil(cfg, embeddings, labels, out)
-
-    return run_job(args, work, print_mil_result, (FileNotFoundError, ConfigError),
-                   to_json=lambda doc: {k: doc[k] for k in ("method", "summary", "slides")})
+    return job_main(MIL, argv, "jobs/train_mil.py", "jobs/configs/train_mil.yaml",
+                    "MIL slide classification (meanpool, maxpool, ABMIL, WENO) on Ray Train.")
 
 
 if __name__ == "__main__":

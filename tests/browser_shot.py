@@ -35,8 +35,8 @@ LAYOUT_JS = """
 
 def main(page: str, shot: str, layout_out: str, width: int = 1280) -> int:
     from PyQt6.QtCore import QSize, QTimer, QUrl
-    from PyQt6.QtWidgets import QApplication
     from PyQt6.QtWebEngineWidgets import QWebEngineView
+    from PyQt6.QtWidgets import QApplication
 
     app = QApplication(sys.argv[:1])
     view = QWebEngineView()

@@ -129,7 +129,7 @@ def test_step_texts_drop_fields_for_the_whole_step_and_shuffle_per_slide():
 def _ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from wsiscale.mil.loop import allreduce_gradients
+    from wsiscale.train.distributed import allreduce_gradients
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)

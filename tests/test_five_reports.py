@@ -192,8 +192,8 @@ def test_no_network_access_without_a_configured_llm(monkeypatch):
 def test_no_network_access_loading_fives_slides_and_text_encoder(tmp_path, monkeypatch):
     """The whole offline path (reports -> fields, the packaged text encoder) with every socket connect refused."""
     import torch
-
     from five_cohort import FiveCohortSpec, write_five_cohort
+
     from wsiscale.config import WsiscaleConfig
     from wsiscale.five.data import five_slides
     from wsiscale.five.text import build_text_encoder

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-
 from five_cohort import FiveCohortSpec, write_five_cohort
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wsiscale.models import encoders
+from wsiscale.models import registry
 from wsiscale.models.encoders import EncoderSpec, EncoderWeightsError, get_spec, list_encoders, load_encoder
 from wsiscale.models.foundation import FOUNDATION_MODELS, build_foundation, model_card
 
@@ -55,7 +55,7 @@ def temp_spec(monkeypatch):
     list_encoders()  # built-ins first, so they are not re-registered inside the patched registry
 
     def add(spec: EncoderSpec) -> EncoderSpec:
-        monkeypatch.setitem(encoders._REGISTRY, spec.name, spec)
+        monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
         return spec
 
     return add

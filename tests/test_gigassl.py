@@ -13,8 +13,15 @@ import torch.nn.functional as F
 from ports import free_port
 
 from wsiscale.gigassl.losses import nt_xent
-from wsiscale.gigassl.sparse import (global_avg_pool, sparse_map, strided_avg_pool, strided_conv, strided_sites,
-                                     submanifold_conv, to_dense)
+from wsiscale.gigassl.sparse import (
+    global_avg_pool,
+    sparse_map,
+    strided_avg_pool,
+    strided_conv,
+    strided_sites,
+    submanifold_conv,
+    to_dense,
+)
 
 
 def _random_map(seed: int, batch: int = 2, side: int = 9, density: float = 0.4, c: int = 3):
@@ -131,8 +138,8 @@ def _ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from wsiscale.gigassl.losses import distributed_nt_xent
-    from wsiscale.mil.loop import allreduce_gradients
     from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
+    from wsiscale.train.distributed import allreduce_gradients
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from gigassl_cohort import GigaSSLCohortSpec, write_gigassl_cohort
 
 

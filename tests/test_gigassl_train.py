@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from gigassl_cohort import GigaSSLCohortSpec, write_gigassl_cohort
 
 
@@ -110,8 +109,8 @@ def test_augmented_embeddings_equal_the_encoder_on_augmented_tiles(cohort, tmp_p
 
 @pytest.mark.usefixtures("ray_local")
 def test_training_survives_a_killed_worker_resumes_and_embeds(ssl_cohort, tmp_path):
-    """2 workers, a worker SIGKILLed after the first checkpoint: the run restarts from it, every epoch is in the
-    history once and the loss falls. Resubmitting with more epochs resumes (the first epochs are not redone).
+    """2 workers, one of them SIGKILLed after the first checkpoint: the run itself restarts once, from a checkpoint
+    (its recorded start), every epoch is in the history once and the loss falls. Resubmitting with more epochs resumes (the first epochs are not redone).
     Embedding writes one vector per slide."""
     from ray_faults import kill_a_train_worker_after_the_first_checkpoint
 
@@ -119,18 +118,24 @@ def test_training_survives_a_killed_worker_resumes_and_embeds(ssl_cohort, tmp_pa
 
     run, labels = ssl_cohort
     out = tmp_path / "ssl"
-    killed: list[int] = []
+    killed: list[dict] = []
     thread = kill_a_train_worker_after_the_first_checkpoint(out / "train" / "checkpoint_manager_snapshot.json", killed)
     doc = train_gigassl(_cfg(workers=2, epochs=20), run, str(out))
     thread.join(5)
-    assert killed, "no training worker was killed"
+    assert killed, "no training worker of this run was killed"
     spe = 24 // 12
+    at_kill = killed[0]["metas"][-1]["metrics"]["step"]  # the newest checkpoint when the worker died
+    starts = doc["starts"]
+    assert [(s["attempt"], s["world"]) for s in starts] == [(1, 2), (2, 2)], starts  # one restart, 2 workers again
+    assert starts[0]["from"] is None and at_kill <= starts[1]["from"]["step"] < 20 * spe, (at_kill, starts)
+    assert starts[1]["from"]["step"] % (5 * spe) == 0  # a checkpoint every 5 epochs
     assert [h["epoch"] for h in doc["history"]] == list(range(20)) and doc["steps"] == 20 * spe
     assert [h["step"] for h in doc["history"]] == [spe * (i + 1) for i in range(20)]
     losses = [h["loss"] for h in doc["history"]]  # NT-Xent of 12-slide batches is noisy: compare 5-epoch means
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
     again = train_gigassl(_cfg(workers=2, epochs=24), run, str(out))
     assert [h["epoch"] for h in again["history"]] == list(range(24))
+    assert again["starts"][:2] == starts and again["starts"][2]["from"] == {"step": 20 * spe}  # the resubmission
     assert again["history"][:20] == doc["history"]  # resumed from the checkpoint, not retrained
     summary = embed_gigassl(_cfg(), run, str(out), str(out / "vectors"))
     vectors = pq.read_table(out / "vectors" / "slide_vectors.parquet")

@@ -98,7 +98,7 @@ def test_write_heatmap(tmp_path):
 
 
 def test_slide_thumbnail_reads_a_pyramid_level(make_slide, monkeypatch):
-    from wsiscale.io.slide import Slide
+    from wsiscale.io.slide_base import Slide
 
     path = make_slide("thumb-2k", width=2048, height=2048, label=1, seed=5)
     levels = []

@@ -10,8 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from wsiscale.config import ConfigError, WsiscaleConfig
-from wsiscale.eval.linear_probe import (kfold_probe, mean_pooled_vectors, read_slide_vectors, run_linear_probe,
-                                        small_data_probe, stratified_counts)
+from wsiscale.eval.linear_probe import (
+    kfold_probe,
+    mean_pooled_vectors,
+    read_slide_vectors,
+    run_linear_probe,
+    small_data_probe,
+    stratified_counts,
+)
 from wsiscale.eval.probe import linear_probe
 
 

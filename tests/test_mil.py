@@ -51,7 +51,7 @@ def test_hard_positive_mining_keeps_what_the_student_does_not_yet_call_positive(
 def test_bag_phase_drops_exactly_the_mined_instances():
     """After the warm-up, a positive bag loses the instances its student scores above the threshold
     (the same probabilities computed here from the same train-mode encoder), a negative bag none."""
-    from wsiscale.mil.bags import Bag, BagSpec, BagStore
+    from wsiscale.data.bags import Bag, BagSpec, BagStore
     from wsiscale.mil.loop import _optimizers, bag_phase
 
     mil = MilConfig(method="weno", projection_dim=8, hidden_dim=8, attention_dim=4, student_hidden_dim=8,
@@ -140,7 +140,7 @@ def test_fold_metrics_by_hand():
 def _two_ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from wsiscale.mil.loop import allreduce_gradients, average_buffers
+    from wsiscale.train.distributed import allreduce_gradients, average_buffers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     lo, hi = global_range([1.5, -2.0][rank], [4.0, 3.0][rank])
@@ -190,8 +190,8 @@ def _norm_ranks(rank: int, port: int, out: str, split: int) -> None:
     """Rank 0 holds rows ``[:split]``, rank 1 rows ``[split:]`` (possibly none) of one global batch."""
     import torch.distributed as dist
 
-    from wsiscale.mil.loop import allreduce_gradients
     from wsiscale.models.distributed_batchnorm import batch_norm_across_workers
+    from wsiscale.train.distributed import allreduce_gradients
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     x, upstream = _batch()
@@ -254,7 +254,7 @@ def test_bag_store_leaves_out_unreadable_and_nan_slides_with_a_warning(tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from wsiscale.mil.bags import BagSpec, BagStore
+    from wsiscale.data.bags import BagSpec, BagStore
 
     def table(vals):
         vals = np.asarray(vals, np.float32)
@@ -271,13 +271,13 @@ def test_bag_store_leaves_out_unreadable_and_nan_slides_with_a_warning(tmp_path)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("wsiscale.mil.bags").addHandler(handler)
+    logging.getLogger("wsiscale.data.bags").addHandler(handler)
     try:
         store = BagStore(specs)
         bag = store.get(0)
         assert bag.feats.shape == (4, 2) and bag.instance_labels.tolist() == [1, 0, 0, 0]
         assert store.get(1) is None and store.get(2) is None
     finally:
-        logging.getLogger("wsiscale.mil.bags").removeHandler(handler)
+        logging.getLogger("wsiscale.data.bags").removeHandler(handler)
     text = " ".join(r.getMessage() for r in records)
     assert "slide nan" in text and "NaN" in text and "slide gone" in text and "missing.parquet" in text

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from mil_cohort import MilCohortSpec, write_mil_cohort
 
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from mil_cohort import MilCohortSpec, write_mil_cohort
 
 
@@ -94,19 +93,32 @@ def test_two_workers_give_the_metrics_of_one(small_cohort, tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_killed_worker_resumes_and_ends_with_every_fold(small_cohort, tmp_path):
-    """SIGKILL a training worker after the first checkpoint: the group restarts from it and the run ends with
-    both folds, their full epoch histories and test predictions for every slide."""
+    """SIGKILL one of the run's 2 training workers (found in this job's actor table) after the first checkpoint:
+    the run itself restarts the group once, from the newest checkpoint at the kill or a later one (its recorded
+    start), and ends with both folds, their full epoch histories and test predictions for every slide."""
     from ray_faults import kill_a_train_worker_after_the_first_checkpoint
 
     from wsiscale.mil.run import run_mil
 
     run, manifest = small_cohort
     out = tmp_path / "mil"
-    killed: list[int] = []
+    killed: list[dict] = []
     thread = kill_a_train_worker_after_the_first_checkpoint(out / "train" / "checkpoint_manager_snapshot.json", killed)
     doc = run_mil(_cfg(workers=2), run, manifest, str(out))
     thread.join(5)
-    assert killed, "no training worker was killed"
+    assert killed, "no training worker of this run was killed"
+
+    def position(meta: dict) -> tuple[int, int]:  # (fold, epoch) a checkpoint resumes at
+        h = meta["history"]
+        return (h[-1]["fold"], h[-1]["epoch"]) if h else (len(meta["results"]), 0)
+
+    at_kill = position(killed[0]["metas"][-1])
+    starts = doc["starts"]
+    assert [(s["attempt"], s["world"]) for s in starts] == [(1, 2), (2, 2)], starts  # one restart, 2 workers again
+    assert starts[0]["from"] is None
+    resumed = (starts[1]["from"]["fold"], starts[1]["from"]["epoch"])
+    assert at_kill <= resumed < (2, 0), (at_kill, resumed)  # from a checkpoint, not from scratch, not finished
+    assert resumed[1] % 3 == 0  # checkpoints every 3 epochs (or at a fold's end)
     assert [f["fold"] for f in doc["folds"]] == [0, 1]
     for f in doc["folds"]:
         assert [h["epoch"] for h in f["history"]] == list(range(1, 13))  # no epoch lost or repeated

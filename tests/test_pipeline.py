@@ -79,7 +79,7 @@ def test_retrieval_metrics_against_hand_values():
 
 
 def test_pipeline_stages_must_be_known_distinct_and_in_order():
-    from wsiscale.cli import load_job_config
+    from wsiscale.commands.runner import load_job_config
     from wsiscale.config import ConfigError
 
     assert load_job_config(None, ["pipeline.stages=[index,evaluate]"]).pipeline.stages == ["index", "evaluate"]

@@ -78,8 +78,9 @@ def test_tile_dino_step_under_bf16_autocast_follows_fp32():
     """ViT-S/16 DINO on 224 / 96 px views (the tile loop's model): a bf16 autocast step's loss is within
     bf16's rounding of the fp32 step from the same weights, and its gradients point the same way."""
     from wsiscale.config import WsiscaleConfig
-    from wsiscale.pretrain.loop import _autocast, build_model
+    from wsiscale.pretrain.loop import _autocast
     from wsiscale.pretrain.losses import DINOLoss
+    from wsiscale.pretrain.model import build_model
 
     p = WsiscaleConfig().pretrain
     p.level, p.out_dim, p.local_crops = "patch", 4096, 2

@@ -43,8 +43,8 @@ import os
 
 import numpy as np
 import pytest
-
 from learning_cohort import CohortSpec, make_cohort, write_region_run
+
 from wsiscale.synth.layout import LayoutParams
 
 SEEDS = tuple(int(s) for s in os.environ.get("WSISCALE_LEARNING_SEEDS", "0").split(","))
@@ -175,7 +175,7 @@ def random_results(cohorts):
     """The untrained encoder: the pretraining runs' initialisation (same seed, same ``build_model``)."""
     import torch
 
-    from wsiscale.pretrain.loop import build_model
+    from wsiscale.pretrain.model import build_model
 
     res = {}
     for seed in SEEDS:

@@ -1,4 +1,4 @@
-"""The training stages' Ray Train worker groups (:mod:`wsiscale.train_scaling`) on a real local Ray (2 CPUs, no GPU)."""
+"""The training stages' Ray Train worker groups (:mod:`wsiscale.train.scaling`) on a real local Ray (2 CPUs, no GPU)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from wsiscale.config import ConfigError, WsiscaleConfig
-from wsiscale.train_scaling import scaling_config
+from wsiscale.train.scaling import scaling_config
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -22,7 +22,7 @@ def test_gpu_workers_on_a_cluster_without_gpus(section, caplog):
     cpu = scaling_config(cfg, section, (1, 1), 0.5, False)
     assert (cpu.num_workers, cpu.use_gpu, cpu.resources_per_worker) == (1, False, {"CPU": 0.5})
     cfg.ray.address = "auto"
-    with caplog.at_level(logging.WARNING, logger="wsiscale.train_scaling"):
+    with caplog.at_level(logging.WARNING, logger="wsiscale.train.scaling"):
         gpu = scaling_config(cfg, section, (1, 3), 0.5, True, resize_check_s=5.0)
     assert "waiting for the autoscaler to add GPU nodes" in caplog.text
     assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 0.5, "GPU": 1}

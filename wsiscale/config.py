@@ -616,12 +616,3 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def config_to_yaml(cfg: WsiscaleConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def save_config(cfg: WsiscaleConfig, directory: str, storage: StorageConfig | None = None) -> str:
-    """Write the resolved config as ``<directory>/wsiscale.config.yaml`` atomically; returns its URI."""
-    from wsiscale.io.uri import join_uri, write_bytes_atomic
-
-    uri = join_uri(directory, CONFIG_FILENAME)
-    write_bytes_atomic(uri, config_to_yaml(cfg).encode(), storage or cfg.storage)
-    return uri

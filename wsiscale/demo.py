@@ -17,50 +17,38 @@ The slide-level methods will extend this same command.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
+from rich.console import Console
 from rich.table import Table
 
-from wsiscale.config import WsiscaleConfig, save_config
+from wsiscale.commands.command import Command
+from wsiscale.commands.ingest import show_embed, show_tile
+from wsiscale.commands.output import results_console
+from wsiscale.commands.training import (
+    show_five_eval,
+    show_five_train,
+    show_gigassl_embed,
+    show_gigassl_train,
+    show_mil,
+    show_pretrain,
+)
+from wsiscale.config import CONFIG_FILENAME, WsiscaleConfig
 from wsiscale.progress import console, progress_bar
+from wsiscale.runs.config_file import save_config
+from wsiscale.runtime import start_ray
 from wsiscale.synth.cohort import build_cohort
 
 log = logging.getLogger(__name__)
 
 
-def start_ray(cfg: WsiscaleConfig) -> bool:
-    """Connect to ``cfg.ray.address`` or start a local Ray; returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs = dict(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
-    if cfg.ray.address is None:
-        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
-    ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
-    return True
-
-
-@contextmanager
-def ray_session(cfg: WsiscaleConfig) -> Iterator[None]:
-    """Join ``cfg.ray.address`` or start a local Ray for the block (shut down after if started here)."""
-    started = start_ray(cfg)
-    try:
-        yield
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int:
+def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> dict:
     import ray
 
     from wsiscale.summary import summarize_slide
@@ -89,7 +77,6 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
                 rows.extend(ray.get(done))
                 bar.advance(job)
         console.print(f"3/9 tiling on a Ray Data CPU actor pool -> {out / 'tiles'}")
-        from wsiscale.cli import print_embedding_summary, print_tiling_summary
         from wsiscale.data.embedding import run_embedding
         from wsiscale.data.tiling import run_tiling
 
@@ -139,53 +126,41 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> int
             str(r["regions"]),
             r["backend"],
         )
-    console.print(t)
-    print_tiling_summary(tiling)
-    print_embedding_summary(embedding)
-    _print_index_stage(index, labels)
-    from wsiscale.cli import print_pretrain_result
-
-    print_pretrain_result(pretrain)
+    out_console = results_console()
+    out_console.print(t)
+    show_tile(tiling, out_console)
+    show_embed(embedding, out_console)
+    _print_index_stage(index, labels, out_console)
+    show_pretrain(pretrain, out_console)
     if mil is not None:
-        from wsiscale.cli import print_mil_result
-
-        print_mil_result(mil)
+        show_mil(mil, out_console)
     if gigassl is not None:
-        from wsiscale.cli import print_gigassl_embed, print_gigassl_train
-
-        print_gigassl_train(gigassl["train"])
-        print_gigassl_embed(gigassl["embed"])
+        show_gigassl_train(gigassl["train"], out_console)
+        show_gigassl_embed(gigassl["embed"], out_console)
     if five is not None:
-        from wsiscale.cli import print_five_eval, print_five_train
-
-        print_five_train(five["train"])
-        print_five_eval(five["eval"])
-    summary = out / "summary.json"
-    summary.write_text(json.dumps({"slides": rows, "tiling": tiling, "embedding": embedding, "index": index,
-                                   "pretrain": pretrain,
-                                   "mil": None if mil is None else {k: mil.get(k) for k in ("method", "summary", "slides",
-                                                                                        "heatmaps")},
-                                   "gigassl": None if gigassl is None else {
-                                       "final_loss": gigassl["train"]["final_loss"],
-                                       "steps": gigassl["train"]["steps"],
-                                       **{k: gigassl["embed"][k] for k in ("vectors", "bytes_per_slide",
-                                                                            "compression_ratio")}},
-                                   "five": None if five is None else {
-                                       "final_loss": five["train"]["history"][-1]["loss"],
-                                       "zero_shot_accuracy": five["eval"]["zero_shot"]["accuracy"]},
-                                   "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}, indent=1))
-    save_config(cfg, str(out))
+        show_five_train(five["train"], out_console)
+        show_five_eval(five["eval"], out_console)
     bad_summaries = sum(1 for r in rows if r["error"])
     bad_tiling = tiling["slides"]["failed"] + tiling["slides"]["pending"]
     bad_tiling += embedding["slides"]["failed"] + embedding["slides"]["pending"]
+    doc = {"slides": rows, "tiling": tiling, "embedding": embedding, "index": index, "pretrain": pretrain,
+           "mil": None if mil is None else {k: mil.get(k) for k in ("method", "summary", "slides", "heatmaps")},
+           "gigassl": None if gigassl is None else {
+               "final_loss": gigassl["train"]["final_loss"], "steps": gigassl["train"]["steps"],
+               **{k: gigassl["embed"][k] for k in ("vectors", "bytes_per_slide", "compression_ratio")}},
+           "five": None if five is None else {"final_loss": five["train"]["history"][-1]["loss"],
+                                              "zero_shot_accuracy": five["eval"]["zero_shot"]["accuracy"]},
+           "failed": bad_summaries + bad_tiling,
+           "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}
+    summary = out / "summary.json"
+    summary.write_text(json.dumps(doc, indent=1))
+    save_config(cfg, str(out))
     console.print(
         f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - bad_summaries} slides summarised, "
-        f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} embedded, "
-        f"{bad_summaries + bad_tiling} failed; summary in {summary}, tiles in {out / 'tiles'}, "
-        f"embeddings in {out / 'embeddings'}, clusters in {out / 'clusters'}, slide index in {out / 'slide-index'}, "
-        f"pretrained encoder in {out / 'pretrain' / 'encoder'}, MIL results and heatmaps in {out / 'mil-weno'}, Giga-SSL slide vectors in {out / 'gigassl' / 'vectors'}, FiVE model in {out / 'five'}, config in {out / 'wsiscale.config.yaml'}"
-    )
-    return 0 if bad_summaries + bad_tiling == 0 else 1
+        f"{tiling['slides']['done']} tiled ({tiling['tiles']['total']:,} tiles), {embedding['slides']['done']} "
+        f"embedded, {bad_summaries + bad_tiling} failed; summary in {summary}, config in {out / CONFIG_FILENAME}",
+        highlight=False)
+    return doc
 
 
 def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
@@ -317,9 +292,9 @@ def _five_stage(cfg: WsiscaleConfig, out: Path, manifest: Path) -> dict | None:
     return {"train": train, "eval": eval_five(cfg, str(out / "five"), str(out / "embeddings"), str(manifest))}
 
 
-def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
+def _print_index_stage(index: dict, labels: dict[str, str], out: Console) -> None:
     actors = f"{index['shards']} FAISS pool actor" + ("s" if index["shards"] != 1 else "")
-    console.print(f"k-means: {index['vectors']:,} tile embeddings -> {index['k']} clusters on {actors} "
+    out.print(f"k-means: {index['vectors']:,} tile embeddings -> {index['k']} clusters on {actors} "
                   f"(inertia {index['inertia']:.4g}); {index['slides_indexed']} slides x "
                   f"{index['m']} prototypes", highlight=False)
     t = Table(title="nearest slide of each slide (optimal prototype matching)")
@@ -327,4 +302,22 @@ def _print_index_stage(index: dict, labels: dict[str, str]) -> None:
         t.add_column(col, justify="right" if col == "score" else "left")
     for sid, (other, score) in sorted(index["nearest"].items()):
         t.add_row(sid, labels.get(sid, ""), other, labels.get(other, ""), f"{score:.3f}")
-    console.print(t)
+    out.print(t)
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="wsiscale-demo", help="output directory (default: ./wsiscale-demo)")
+    p.add_argument("--n-slides", type=int, default=None)
+
+
+def run_demo_command(cfg: WsiscaleConfig, out: str = "wsiscale-demo", n_slides: int | None = None) -> dict:
+    """The end-to-end demo on a generated cohort with a local Ray (:func:`wsiscale.demo.run_demo`)."""
+    return run_demo(cfg, Path(out), n_slides=n_slides)
+
+
+def _demo_exit(doc: dict[str, Any], strict: bool) -> int:
+    return 0 if doc.get("failed", 0) == 0 else 1
+
+
+DEMO = Command(("demo",), "end-to-end demo on a generated cohort with a local Ray", _demo_arguments, run_demo_command,
+               lambda doc, out: None, to_json=lambda doc: doc, exit_code=_demo_exit)

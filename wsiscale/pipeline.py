@@ -27,71 +27,71 @@ monitor (or a person) can see how far a run got; the resolved config is saved be
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
 from typing import Any, Callable
 
-from wsiscale.config import ConfigError, WsiscaleConfig, save_config
+from rich.console import Console
+from rich.table import Table
+
+from wsiscale.commands.command import Command
+from wsiscale.commands.evaluation import run_probe, run_report
+from wsiscale.commands.index import run_cluster, run_index
+from wsiscale.commands.ingest import run_embed, run_tile
+from wsiscale.commands.training import run_pretrain
+from wsiscale.config import ConfigError, WsiscaleConfig
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.runs.config_file import save_config
+from wsiscale.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "pipeline.json"
 
 
-class Paths:
-    """Where each stage reads and writes, under the run's output URI."""
+class Paths(RunLayout):
+    """Where each stage reads and writes (:class:`~wsiscale.runs.layout.RunLayout`), with the run's manifest."""
 
     def __init__(self, output: str, manifest: str | None) -> None:
-        self.output = normalize_uri(output)
-        self.manifest = normalize_uri(manifest) if manifest else join_uri(self.output, "manifest.parquet")
-        self.tiles = join_uri(self.output, "tiles")
-        self.embeddings = join_uri(self.output, "embeddings")
-        self.regions = join_uri(self.output, "regions")
-        self.pretrain = join_uri(self.output, "pretrain")
-        self.features = join_uri(self.output, "region-features")
-        self.clusters = join_uri(self.output, "clusters")
-        self.slide_index = join_uri(self.output, "slide-index")
-        self.eval = join_uri(self.output, "eval")
+        super().__init__(output)
+        self._manifest = normalize_uri(manifest) if manifest else None
+
+    @property
+    def manifest(self) -> str:
+        return self._manifest or super().manifest
 
 
 def _stage_tile(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
-    from wsiscale.data.tiling import run_tiling
-
-    s = run_tiling(cfg, manifest=paths.manifest, out=paths.tiles)
+    s = run_tile(cfg, manifest=paths.manifest, out=paths.tiles)
     return {"out": paths.tiles, "slides": s["slides"], "tiles": s["tiles"]}
 
 
 def _stage_embed(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
-    from wsiscale.data.embedding import run_embedding
-
     tiles_cfg = cfg.model_copy(deep=True)
     tiles_cfg.embed.mode = "tiles"
-    s = run_embedding(tiles_cfg, source=paths.tiles, out=paths.embeddings)
+    s = run_embed(tiles_cfg, source=paths.tiles, out=paths.embeddings)
     return {"out": paths.embeddings, "slides": s["slides"], "tiles": s["tiles"]}
 
 
 def _stage_regions(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
-    from wsiscale.data.embedding import run_embedding
-
     regions_cfg = cfg.model_copy(deep=True)
     regions_cfg.embed.mode = "regions"
     regions_cfg.embed.augmentations = 0  # augmented embeddings are a tiles-mode (Giga-SSL) output
-    s = run_embedding(regions_cfg, manifest=paths.manifest, out=paths.regions)
+    s = run_embed(regions_cfg, manifest=paths.manifest, out=paths.regions)
     return {"out": paths.regions, "slides": s["slides"], "regions": s["tiles"]}
 
 
 def _stage_pretrain(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     from wsiscale.pretrain.evaluate import labels_allow_holdout
-    from wsiscale.pretrain.run import run_pretraining
 
     if cfg.pretrain.level != "region":
         raise ConfigError("the pipeline pretrains the region encoder on the regions stage's output: set "
                           "pretrain.level=region (patch-level DINO runs on tiles with `wsiscale pretrain --tiles`)")
     if cfg.pretrain.eval_labels is None and labels_allow_holdout(paths.manifest, cfg.storage):
         cfg.pretrain.eval_labels = paths.manifest  # held-out linear probe / kNN of the region encoder
-    s = run_pretraining(cfg, paths.regions, paths.pretrain)
+    s = run_pretrain(cfg, embeddings=paths.regions, out=paths.pretrain)
     keep = ("loss", "probe", "knn", "step", "epoch", "per_s")
     metrics = {k: v for k, v in (s["metrics"] or {}).items()
                if isinstance(v, (int, float)) and any(word in k for word in keep)}
@@ -121,11 +121,9 @@ def index_source(cfg: WsiscaleConfig, paths: Paths) -> str:
 
 
 def _stage_index(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
-    from wsiscale.index.stages import run_cluster, run_slide_index
-
     source = index_source(cfg, paths)
-    clusters = run_cluster(cfg, source, paths.clusters)
-    meta = run_slide_index(cfg, source, paths.slide_index, neighbours=cfg.pipeline.neighbours)
+    clusters = run_cluster(cfg, embeddings=source, out=paths.clusters)
+    meta = run_index(cfg, embeddings=source, out=paths.slide_index, neighbours=cfg.pipeline.neighbours)
     return {"source": source, "clusters": paths.clusters, "k": clusters["k"], "vectors": clusters["vectors"],
             "inertia": clusters["inertia"], "slide_index": paths.slide_index, "slides_indexed": meta["slides"],
             "prototypes_per_slide": meta["m"], "skipped": meta["skipped"], "neighbours": meta.get("neighbours")}
@@ -138,7 +136,6 @@ def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     An evaluation the cohort cannot support (too few labelled slides, no labels) is recorded as
     skipped with the reason, not raised: the trained artefacts are already written.
     """
-    from wsiscale.eval.linear_probe import run_linear_probe
     from wsiscale.eval.retrieval import run_retrieval_eval
 
     doc: dict[str, Any] = {"out": paths.eval}
@@ -153,7 +150,8 @@ def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
         log.warning("retrieval evaluation skipped: %s", exc)
         doc["retrieval"] = {"skipped": str(exc)}
     try:
-        probe = run_linear_probe(cfg, index_source(cfg, paths), paths.manifest, join_uri(paths.eval, "linear-probe"))
+        probe = run_probe(cfg, vectors=index_source(cfg, paths), labels=paths.manifest,
+                          out=join_uri(paths.eval, "linear-probe"))
         doc["linear_probe"] = {"slides": probe["slides"], "classes": probe["classes"],
                                "kfold_auc": (probe["kfold"] or {}).get("auc_mean")}
     except (ConfigError, ValueError, KeyError) as exc:
@@ -164,11 +162,8 @@ def _stage_evaluate(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
 
 def _stage_report(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
     """``<output>/report.html`` (:func:`wsiscale.report.write_report`); reads ``pipeline.json`` as written so far."""
-    from wsiscale.report import write_report
-
-    return write_report(paths.output, storage=cfg.storage, slides=cfg.pipeline.report_slides,
-                        queries=cfg.pipeline.report_queries, k=cfg.pipeline.neighbours,
-                        label_column=cfg.eval.label_column)
+    return run_report(cfg, paths.output, slides=cfg.pipeline.report_slides, queries=cfg.pipeline.report_queries,
+                      k=cfg.pipeline.neighbours)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[WsiscaleConfig, Paths], dict[str, Any]]] = {
@@ -184,7 +179,7 @@ def run_pipeline(cfg: WsiscaleConfig, manifest: str | None = None) -> dict[str, 
     A stage that raises stops the pipeline (its error is recorded in ``pipeline.json`` and re-raised):
     later stages need its output. Bad slides do not raise; each stage records them in its run.
     """
-    from wsiscale.demo import ray_session
+    from wsiscale.runtime import ray_session
 
     paths = Paths(cfg.output, manifest or cfg.ingest.manifest)
     save_config(cfg, paths.output, cfg.storage)
@@ -214,3 +209,65 @@ def run_pipeline(cfg: WsiscaleConfig, manifest: str | None = None) -> dict[str, 
     summary["seconds"] = round(time.perf_counter() - t_all, 2)
     write()
     return summary
+
+
+def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", help="slide manifest (default: ingest.manifest or <output>/manifest.parquet)")
+    p.add_argument("--synth", type=int, metavar="N", help="first generate N synthetic slides into <output>/slides "
+                   "(synth.* settings) and run on them")
+
+
+def run_pipeline_command(cfg: WsiscaleConfig, manifest: str | None = None, synth: int | None = None) -> dict:
+    """``pipeline.stages`` in order on one Ray session (:func:`wsiscale.pipeline.run_pipeline`), after
+    generating ``synth`` slides into ``<output>/slides`` if asked."""
+    if synth:
+        from wsiscale.io.uri import is_local, local_path
+        from wsiscale.synth.cohort import build_cohort
+
+        slides = RunLayout(cfg.output).slides
+        if not is_local(slides):
+            raise ConfigError(f"--synth writes slides to local disk, but output is {cfg.output}: run it with a "
+                              "file:// output (or copy generated slides to object storage and pass --manifest)")
+        cfg.synth.n_slides = synth
+        manifest = str(build_cohort(cfg.synth, local_path(slides)))
+    return run_pipeline(cfg, manifest)
+
+
+def show_pipeline(doc: dict[str, Any], out: Console) -> None:
+    """One row per stage of a pipeline run: status, seconds and the stage's key figure."""
+    table = Table(title=f"pipeline -> {doc['output']}")
+    for col in ("stage", "status", "seconds", "result"):
+        table.add_column(col)
+    for name, st in doc["stages"].items():
+        table.add_row(name, st.get("status", ""), f"{st['seconds']:.1f}" if "seconds" in st else "",
+                      _pipeline_result(name, st))
+    out.print(table)
+
+
+def _pipeline_result(name: str, st: dict[str, Any]) -> str:
+    if st.get("status") != "done":
+        return st.get("error", "")
+    if name in ("tile", "embed", "regions"):
+        s = st["slides"]
+        return f"{s.get('done', 0)} slides done, {s.get('failed', 0)} failed -> {st['out']}"
+    if name == "pretrain":
+        m = st.get("metrics", {})
+        figs = ", ".join(f"{k} {m[k]:.3f}" for k in ("loss", "probe_auc", "knn_accuracy") if k in m)
+        return f"{st['method']} on {st['regions']} regions of {st['slides']} slides: {figs}"
+    if name == "index":
+        return (f"k-means k={st['k']} over {st['vectors']} vectors; {st['prototypes_per_slide']} prototypes for "
+                f"{st['slides_indexed']} slides")
+    if name == "evaluate":
+        r, p = st.get("retrieval", {}), st.get("linear_probe", {})
+        parts = []
+        if "map_at_k" in r:
+            parts.append(f"retrieval@{r['k']}: majority vote {r['majority_vote_accuracy']:.3f}, mAP {r['map_at_k']:.3f}")
+        if p.get("kfold_auc") is not None:
+            parts.append(f"linear probe AUC {p['kfold_auc']:.3f} (chance 0.5)")
+        return "; ".join(parts) or "skipped (see pipeline.json)"
+    return ""
+
+
+PIPELINE = Command(("pipeline",), "the chain from one config: tile -> embed -> regions -> pretrain (SLPD) -> "
+                   "features -> index -> evaluate -> report (pipeline.stages), resumable", _pipeline_arguments,
+                   run_pipeline_command, show_pipeline)

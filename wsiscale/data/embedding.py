@@ -38,13 +38,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from wsiscale.config import TilingConfig, WsiscaleConfig, save_config
+from wsiscale.config import TilingConfig, WsiscaleConfig
 from wsiscale.data.run_state import RunState, safe_name
 from wsiscale.data.shards import list_names, parquet_bytes, read_parquet, remove_uris
-from wsiscale.data.tiles import decode_image, resize_tiles
+from wsiscale.data.tiles import decode_image
 from wsiscale.data.tiling import _describe_error, _limit_threads, _manifest_blocks, _mpp_value, _now
 from wsiscale.io.tiling import TilePlan, read_tile
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.models.preprocess import resize_tiles
+from wsiscale.runs.config_file import save_config
 
 log = logging.getLogger(__name__)
 
@@ -357,9 +359,9 @@ class EmbedUDF:
     """Stage 2 (encoder actors): embed chunks, write part files, finalize completed slides."""
 
     def __init__(self, cfg: WsiscaleConfig, run_uri: str) -> None:
-        import wsiscale  # noqa: F401 - cuCIM before torch
         import torch
 
+        import wsiscale  # noqa: F401 - cuCIM before torch
         from wsiscale.models.encoders import load_encoder
 
         self.cfg = cfg
@@ -458,12 +460,11 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     import ray
     from ray.data import ActorPoolStrategy
 
-    from wsiscale.data.tiling import _configure_ray_data, _null_progress
-    from wsiscale.demo import start_ray
+    from wsiscale.config import ConfigError
+    from wsiscale.data.tiling import _null_progress
     from wsiscale.models.encoders import get_spec
     from wsiscale.progress import progress_bar
-
-    from wsiscale.config import ConfigError
+    from wsiscale.runtime import configure_ray_data, start_ray
 
     spec = get_spec(cfg.embed.encoder)
     source = source or cfg.embed.source
@@ -491,7 +492,7 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     seconds = 0.0
     if todo.num_rows:
         started = start_ray(cfg)
-        _configure_ray_data(show_progress and cfg.ingest.ray_progress)
+        configure_ray_data(show_progress and cfg.ingest.ray_progress)
         t0 = time.perf_counter()
         try:
             ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks, ("uri", "slide_id", "mpp", "shards", "pixels")))

@@ -23,7 +23,7 @@ from wsiscale.io.tiling import TilePlan, read_tile
 
 if TYPE_CHECKING:
     from wsiscale.io.passthrough import JpegTileSource
-    from wsiscale.io.slide import Slide
+    from wsiscale.io.slide_base import Slide
 
 PixelMode = Literal["none", "jpeg", "raw"]
 
@@ -144,20 +144,3 @@ def iter_tile_arrays(
         cols = {name: coords.column(name).to_numpy(zero_copy_only=False) for name in coords.column_names}
         cols["image"] = read_tiles(slide, plan, start, stop)
         yield cols
-
-
-def resize_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
-    """``[n, H, W, 3]`` uint8 -> ``[n, size, size, 3]`` uint8 (OpenCV area averaging down, bilinear up).
-
-    The one resize used wherever tiles meet a model's input size, so a direct
-    model call and the pipeline see identical pixels.
-    """
-    import cv2
-
-    if tiles.shape[1] == size and tiles.shape[2] == size:
-        return tiles
-    interp = cv2.INTER_AREA if tiles.shape[1] > size else cv2.INTER_LINEAR
-    out = np.empty((tiles.shape[0], size, size, 3), np.uint8)
-    for i, t in enumerate(tiles):
-        out[i] = cv2.resize(t, (size, size), interpolation=interp)
-    return out

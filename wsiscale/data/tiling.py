@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import socket
 import time
 import traceback
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from wsiscale.config import WsiscaleConfig, save_config
+from wsiscale.config import WsiscaleConfig
 from wsiscale.data.run_state import RunState, safe_name
 from wsiscale.data.shards import ShardWriter
 from wsiscale.data.tiles import iter_tile_arrays, iter_tile_tables, tile_schema
@@ -43,6 +42,7 @@ from wsiscale.io.errors import SlideError
 from wsiscale.io.manifest import read_manifest
 from wsiscale.io.passthrough import JpegTileSource
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.runs.config_file import read_saved_config, save_config
 
 if TYPE_CHECKING:
     import ray.data
@@ -319,14 +319,6 @@ def tile_stream(
                           batch_size=1, **_pool_kwargs(cfg))
 
 
-def _configure_ray_data(show_progress: bool) -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = show_progress
-    ctx.enable_operator_progress_bars = show_progress
-
-
 #: Settings that change what a completed slide's shards contain: a run directory keeps one value of each.
 OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "ingest.jpeg_passthrough",
                    "ingest.batch_tiles", "ingest.shard_mb")
@@ -334,16 +326,8 @@ OUTPUT_SETTINGS = ("tiling", "tissue", "ingest.pixels", "ingest.jpeg_quality", "
 
 def _check_same_settings(state: RunState, cfg: WsiscaleConfig, keys: tuple[str, ...] = OUTPUT_SETTINGS) -> None:
     """Refuse to resume a run directory whose completed slides were tiled with other settings."""
-    import yaml
-
-    from wsiscale.config import CONFIG_FILENAME
-    from wsiscale.io.uri import filesystem
-
-    fs, path = filesystem(join_uri(state.uri, CONFIG_FILENAME), state.storage)
-    try:
-        with fs.open(path, "rb") as fh:
-            saved = yaml.safe_load(fh.read()) or {}
-    except FileNotFoundError:
+    saved = read_saved_config(state.uri, state.storage)
+    if saved is None:
         return
     if not state.completed():
         return
@@ -361,7 +345,7 @@ def _check_same_settings(state: RunState, cfg: WsiscaleConfig, keys: tuple[str, 
         if a != b:
             changed.append(f"{key}: {a!r} -> {b!r}")
     if changed:
-        from wsiscale.config import ConfigError
+        from wsiscale.config import CONFIG_FILENAME, ConfigError
 
         raise ConfigError(
             f"{state.uri} already holds slides made with other settings ({'; '.join(changed)}); "
@@ -387,8 +371,8 @@ def run_tiling(
     The summary (also written to ``<out>/run_summary.json``) has counts of slides
     (total, done, skipped as already done, failed), tiles, throughput and the failures.
     """
-    from wsiscale.demo import start_ray
     from wsiscale.progress import progress_bar
+    from wsiscale.runtime import configure_ray_data, start_ray
 
     manifest_uri = normalize_uri(manifest or cfg.ingest.manifest or join_uri(cfg.output, "manifest.parquet"))
     out_uri = normalize_uri(out or join_uri(cfg.output, "tiles"))
@@ -412,7 +396,7 @@ def run_tiling(
 
         started = start_ray(cfg)
         t0 = time.perf_counter()  # throughput excludes starting a local Ray, includes starting actors
-        _configure_ray_data(show_progress and cfg.ingest.ray_progress)
+        configure_ray_data(show_progress and cfg.ingest.ray_progress)
         try:
             ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks))
             ds = ds.map_batches(SlideTilerUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},

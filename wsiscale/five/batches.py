@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from wsiscale.data.bags import BagStore
 from wsiscale.five.data import seed_of
 from wsiscale.five.sampling import pad_batch, relative_positions, segment_sample
-from wsiscale.mil.bags import BagStore
 
 
 def slide_batch(store: BagStore, indices: list[int], segments: int, seeds: list[int] | None,

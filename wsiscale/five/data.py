@@ -4,7 +4,7 @@ The driver reads the run's ``slides.parquet`` and the manifest (``slide_id``,
 ``five.report_column``, ``five.label_column``), turns every report into
 fields with the configured extractor (:mod:`wsiscale.five.extract`) and
 ships small specs (URIs, numbers, field strings) to the Ray Train workers,
-which read the features slide by slide (:class:`wsiscale.mil.bags.BagStore`).
+which read the features slide by slide (:class:`wsiscale.data.bags.BagStore`).
 A slide without a report is kept for evaluation but never trained on; a
 slide without embeddings is left out with a warning.
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from wsiscale.config import ConfigError, FiveConfig, WsiscaleConfig
-from wsiscale.mil.bags import BagSpec
+from wsiscale.data.bags import BagSpec
 
 log = logging.getLogger(__name__)
 

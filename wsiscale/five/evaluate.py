@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsiscale.data.bags import BagStore
 from wsiscale.five.batches import slide_batch, text_features, train_seeds
 from wsiscale.five.data import field_question, seed_of
 from wsiscale.five.losses import matching_loss
-from wsiscale.mil.bags import BagStore
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.five.batches import slide_batch, text_features, train_seeds
 from wsiscale.five.data import field_question, from_config, seed_of, step_texts
 from wsiscale.five.losses import dedupe_texts, distributed_five_loss
 from wsiscale.five.model import build_five_model
 from wsiscale.progress import write_progress
+from wsiscale.train.checkpoints import report_checkpoint
+from wsiscale.train.worker import start_worker
 
 
 def trainable_parameters(model: torch.nn.Module, encoder: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -58,19 +59,16 @@ def load_adapter_state(encoder: torch.nn.Module, state: dict[str, torch.Tensor])
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config``: ``five`` (FiveConfig dict), ``slides``, ``dim``, ``progress_uri``."""
-    import ray.train
-    import ray.train.torch
 
     from wsiscale.config import FiveConfig
+    from wsiscale.data.bags import BagStore
     from wsiscale.five.text import build_text_encoder
-    from wsiscale.mil.bags import BagStore
-    from wsiscale.mil.loop import allreduce_gradients
-    from wsiscale.pretrain.schedules import cosine_schedule
+    from wsiscale.train.distributed import allreduce_gradients
+    from wsiscale.train.schedules import cosine_schedule
 
     five = FiveConfig.model_validate(config["five"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    worker = start_worker()
+    rank, world, device = worker.rank, worker.world, worker.device
     torch.manual_seed(five.seed)
     encoder = build_text_encoder(five.text).to(device)
     model = build_five_model(five, int(config["dim"]), encoder.dim).to(device)
@@ -89,15 +87,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = torch.optim.AdamW(params, lr=five.lr, weight_decay=five.weight_decay)
 
     step, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        state, meta = read_checkpoint(ckpt, device)
+    if worker.resuming:
+        state, meta = worker.state, worker.meta
         model.load_state_dict(state["model"])
         load_adapter_state(encoder, state["text_adapters"])
         if int(state["world"]) == world:
             opt.load_state_dict(state["optimizer"])
         step = min(total, int(state["step"]))
         history = [h for h in meta["history"] if h["step"] <= step]
+        worker.resumed_at(step=step)
     resumed_from = step
     t0, seen = time.perf_counter(), 0
     names = list(five.fields)
@@ -153,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state = {"model": model.state_dict(), "text_adapters": adapter_state(encoder),
                          "optimizer": opt.state_dict(), "step": step, "world": world}
                 meta = {"five": five.model_dump(mode="json"), "dim": config["dim"], "text_dim": encoder.dim,
-                        "metrics": metrics, "history": history}
+                        "metrics": metrics, "history": history, "starts": worker.starts}
             report_checkpoint(metrics, rank, state, meta)
 
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.config import FiveConfig, WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, read_bytes, write_bytes_atomic
-from wsiscale.progress import watch_progress
-from wsiscale.train_scaling import scaling_config
+from wsiscale.config import FiveConfig, WsiscaleConfig
+from wsiscale.io.uri import join_uri, normalize_uri, read_bytes, write_bytes_atomic
+from wsiscale.runs.config_file import save_config
+from wsiscale.train.fit import FitResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,6 @@ EVAL_FILE = "five_eval.json"
 
 def train_five(cfg: WsiscaleConfig, embeddings: str, manifest: str, out: str) -> dict[str, Any]:
     """Train FiVE on the reported slides of ``manifest`` in ``embeddings``; returns ``five.json``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from wsiscale.five.data import five_slides, to_config
     from wsiscale.five.loop import train_loop_per_worker
 
@@ -49,42 +46,29 @@ def train_five(cfg: WsiscaleConfig, embeddings: str, manifest: str, out: str) ->
     if len(train) < 2:
         raise ValueError(f"{manifest}: {len(train)} of {len(slides)} slides have a report with any of the fields "
                          f"{five.fields} in column {five.report_column!r}; FiVE trains on reports")
-    scaling = scaling_config(cfg, "five", five.num_workers, five.cpus_per_worker, five.use_gpu)
-    run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
-                                     failure_config=ray.train.FailureConfig(max_failures=five.max_failures),
-                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(out, "progress.json")
     save_config(cfg, out, cfg.storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"five": five.model_dump(mode="json"), "slides": to_config(train), "dim": dim,
-                           "storage": cfg.storage, "progress_uri": progress_uri},
-        scaling_config=scaling, run_config=run_config)
     stated = {f: sum(1 for s in train if s.fields.get(f)) for f in five.fields}
     log.info("FiVE: %d slides with reports (of %d), %d-d tile embeddings, text encoder %s (LoRA rank %d), fields "
              "stated per slide: %s", len(train), len(slides), dim, five.text.name, five.text.lora_rank, stated)
-    with watch_progress(progress_uri, cfg.storage, "train-five"):
-        result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("FiVE training ended without a checkpoint")
-    return _export(result.checkpoint, out, embeddings, manifest, train, cfg, stated)
+    result = fit(cfg, "five", train_loop_per_worker,
+                 {"five": five.model_dump(mode="json"), "slides": to_config(train), "dim": dim, "storage": cfg.storage,
+                  "progress_uri": progress_uri},
+                 out, progress_uri, description="train-five")
+    return _export(result, out, embeddings, manifest, train, cfg, stated)
 
 
-def _export(checkpoint: Any, out: str, embeddings: str, manifest: str, train: list, cfg: WsiscaleConfig,
+def _export(result: FitResult, out: str, embeddings: str, manifest: str, train: list, cfg: WsiscaleConfig,
             stated: dict[str, int]) -> dict[str, Any]:
     from safetensors.torch import save
 
-    from wsiscale.checkpoints import read_checkpoint
-
-    state, meta = read_checkpoint(checkpoint)
+    state, meta = result.state, result.meta
     tensors = {f"model.{k}": v.contiguous() for k, v in state["model"].items()}
     tensors |= {f"text.{k}": v.contiguous() for k, v in state["text_adapters"].items()}
     write_bytes_atomic(join_uri(out, MODEL_FILE), save(tensors), cfg.storage)
     doc = {"five": meta["five"], "dim": meta["dim"], "text_dim": meta["text_dim"], "history": meta["history"],
            "slides": len(train), "embeddings": embeddings, "manifest": manifest, "fields_stated": stated,
-           "final": meta["history"][-1] if meta["history"] else {}}
+           "final": meta["history"][-1] if meta["history"] else {}, "starts": result.starts}
     write_bytes_atomic(join_uri(out, META_FILE), json.dumps(doc, indent=1).encode(), cfg.storage)
     fields = {s.bag.slide_id: s.fields for s in train}
     write_bytes_atomic(join_uri(out, "fields.json"), json.dumps(fields, indent=1).encode(), cfg.storage)
@@ -120,9 +104,9 @@ def eval_five(cfg: WsiscaleConfig, model_dir: str, embeddings: str, manifest: st
     """Zero-/few-shot evaluation of a trained FiVE model on the labelled slides of ``manifest``."""
     import torch
 
+    from wsiscale.data.bags import BagStore
     from wsiscale.five.data import class_descriptions, five_slides
     from wsiscale.five.evaluate import evaluate_five
-    from wsiscale.mil.bags import BagStore
 
     model, encoder, trained, meta = load_five(model_dir, cfg.storage)
     # Evaluation settings come from the current config; the architecture from the trained one.

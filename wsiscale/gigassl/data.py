@@ -161,7 +161,7 @@ def pair_dataset(entries: list[SlideEntry], g: Any, storage: Any = None, slides_
     items = [asdict(e) for e in entries]
     blocks = max(1, len(items) // max(1, slides_per_task))
     ds = ray.data.from_items(items, override_num_blocks=blocks).randomize_block_order()  # + a local shuffle buffer
-    from wsiscale.pretrain.run import READ_TASK_CPUS
+    from wsiscale.train.scaling import READ_TASK_CPUS
 
     return ds.map_batches(_read_pairs, batch_size=slides_per_task, num_cpus=READ_TASK_CPUS,
                           fn_kwargs={"gigassl": g.model_dump(mode="json"), "storage": storage})

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.gigassl.losses import distributed_nt_xent
 from wsiscale.gigassl.model import GigaSSLModel, build_gigassl_model
 from wsiscale.progress import write_progress
+from wsiscale.train.checkpoints import report_checkpoint
+from wsiscale.train.worker import start_worker
 
 
 def view_inputs(tiles: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -48,13 +49,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from wsiscale.config import GigaSSLConfig
-    from wsiscale.mil.loop import allreduce_gradients
-    from wsiscale.pretrain.schedules import cosine_schedule
+    from wsiscale.train.distributed import allreduce_gradients
+    from wsiscale.train.schedules import cosine_schedule
 
     g = GigaSSLConfig.model_validate(config["gigassl"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    worker = start_worker()
+    rank, world, device = worker.rank, worker.world, worker.device
     torch.manual_seed(g.seed)
     model = build_gigassl_model(g, int(config["dim"])).to(device)
     local = g.batch_size // world
@@ -69,14 +69,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=base, weight_decay=g.weight_decay)
 
     step, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        state, meta = read_checkpoint(ckpt, device)
+    if worker.resuming:
+        state, meta = worker.state, worker.meta
         model.load_state_dict(state["model"])
         if int(state["world"]) == world:
             opt.load_state_dict(state["optimizer"])
         step = min(total, int(state["slides"]) // (local * world))  # the position is kept in slides
         history = [h for h in meta["history"] if h["step"] <= step]
+        worker.resumed_at(step=step)
     resumed_from = step
     shard = ray.train.get_dataset_shard("train")
     t0, seen = time.perf_counter(), 0
@@ -119,15 +119,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             write_progress(config.get("progress_uri"), metrics, config.get("storage"))
         if (epoch + 1) % g.checkpoint_every == 0 or last:
-            _report_with_checkpoint(metrics, rank, world, step * local * world, model, opt, g, config, history)
+            _report_with_checkpoint(metrics, rank, world, step * local * world, model, opt, g, config, history,
+                                    worker.starts)
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, slides: int, model: GigaSSLModel,
                             opt: torch.optim.Optimizer, g: Any, config: dict[str, Any],
-                            history: list[dict[str, Any]]) -> None:
+                            history: list[dict[str, Any]], starts: list[dict[str, Any]]) -> None:
     state = meta = None
     if rank == 0:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": metrics["step"],
                  "slides": slides, "world": world}
-        meta = {"gigassl": g.model_dump(mode="json"), "dim": config["dim"], "metrics": metrics, "history": history}
+        meta = {"gigassl": g.model_dump(mode="json"), "dim": config["dim"], "metrics": metrics, "history": history,
+                "starts": starts}
     report_checkpoint(metrics, rank, state, meta)

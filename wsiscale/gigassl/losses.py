@@ -9,7 +9,7 @@ Across Ray Train workers (:func:`distributed_nt_xent`) every worker gathers all
 projections (``all_gather`` with autograd), so the negatives are the global
 batch's; each worker scores its own rows, divided by the global ``2N``. The
 workers' losses sum to the single-process loss and, with gradients summed over
-workers (:func:`wsiscale.mil.loop.allreduce_gradients`), so do the gradients.
+workers (:func:`wsiscale.train.distributed.allreduce_gradients`), so do the gradients.
 """
 
 from __future__ import annotations

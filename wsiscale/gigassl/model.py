@@ -29,8 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsiscale.gigassl.sparse import (SparseMap, global_avg_pool, relu, sparse_map, strided_avg_pool, strided_conv,
-                                     strided_sites, submanifold_conv)
+from wsiscale.gigassl.sparse import (
+    SparseMap,
+    global_avg_pool,
+    relu,
+    sparse_map,
+    strided_avg_pool,
+    strided_conv,
+    strided_sites,
+    submanifold_conv,
+)
 from wsiscale.models.distributed_batchnorm import DistributedBatchNorm1d
 
 

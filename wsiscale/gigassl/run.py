@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage, read_bytes, write_bytes_atomic
-from wsiscale.progress import watch_progress
-from wsiscale.train_scaling import scaling_config
+from wsiscale.config import WsiscaleConfig
+from wsiscale.io.uri import join_uri, normalize_uri, read_bytes, write_bytes_atomic
+from wsiscale.runs.config_file import save_config
+from wsiscale.train.fit import FitResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -36,52 +36,35 @@ META_FILE = "gigassl.json"
 
 def train_gigassl(cfg: WsiscaleConfig, embeddings: str, out: str) -> dict[str, Any]:
     """Train Giga-SSL on ``embeddings`` (an augmented tiles-mode run) into ``out``; returns ``gigassl.json``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from wsiscale.gigassl.data import gigassl_slides, pair_dataset
     from wsiscale.gigassl.loop import train_loop_per_worker
-    from wsiscale.pretrain.run import check_data_cpus
+    from wsiscale.train.scaling import check_data_cpus
 
     g = cfg.gigassl
     out = normalize_uri(out)
     entries, dim = gigassl_slides(embeddings, cfg.storage)
-    lo, hi = g.num_workers
-    scaling = scaling_config(cfg, "gigassl", (lo, hi), g.cpus_per_worker, g.use_gpu)
-    run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
-                                     failure_config=ray.train.FailureConfig(max_failures=g.max_failures),
-                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
-    check_data_cpus(cfg, hi, g.cpus_per_worker, "gigassl", "reading the views")
+    check_data_cpus(cfg, g.num_workers[1], g.cpus_per_worker, "gigassl", "reading the views")
     progress_uri = join_uri(out, "progress.json")
     save_config(cfg, out, cfg.storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"gigassl": g.model_dump(mode="json"), "dim": dim, "n_slides": len(entries),
-                           "storage": cfg.storage, "progress_uri": progress_uri},
-        datasets={"train": pair_dataset(entries, g, cfg.storage)},
-        scaling_config=scaling, run_config=run_config)
     log.info("Giga-SSL: %d slides, %d-d tile embeddings, %d augmentations, batch %d, %d epochs, %s workers",
              len(entries), dim, entries[0].augmentations, g.batch_size, g.epochs, g.num_workers)
-    with watch_progress(progress_uri, cfg.storage, "gigassl train"):
-        result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("Giga-SSL training ended without a checkpoint")
-    return _export(result.checkpoint, out, embeddings, len(entries), cfg)
+    result = fit(cfg, "gigassl", train_loop_per_worker,
+                 {"gigassl": g.model_dump(mode="json"), "dim": dim, "n_slides": len(entries), "storage": cfg.storage,
+                  "progress_uri": progress_uri},
+                 out, progress_uri, datasets={"train": pair_dataset(entries, g, cfg.storage)},
+                 description="gigassl train")
+    return _export(result, out, embeddings, len(entries), cfg)
 
 
-def _export(checkpoint: Any, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:
+def _export(result: FitResult, out: str, embeddings: str, n_slides: int, cfg: WsiscaleConfig) -> dict[str, Any]:
     from safetensors.torch import save
 
-    from wsiscale.checkpoints import read_checkpoint
-
-    state, meta = read_checkpoint(checkpoint)
+    state, meta = result.state, result.meta
     write_bytes_atomic(join_uri(out, MODEL_FILE), save({k: v.contiguous() for k, v in state["model"].items()}),
                        cfg.storage)
     doc = {"embeddings": embeddings, "slides": n_slides, "dim": meta["dim"], "gigassl": meta["gigassl"],
            "steps": int(state["step"]), "history": meta["history"],
-           "final_loss": meta["history"][-1]["loss"] if meta["history"] else None}
+           "final_loss": meta["history"][-1]["loss"] if meta["history"] else None, "starts": result.starts}
     write_bytes_atomic(join_uri(out, META_FILE), json.dumps(doc, indent=1).encode(), cfg.storage)
     return doc
 
@@ -138,11 +121,11 @@ def slide_vector(model: Any, feats: np.ndarray, rows: np.ndarray, cols: np.ndarr
 
 def _embed_task(entries: list[dict[str, Any]], model_dir: str, storage: Any, views: int, tiles: int,
                 seed: int) -> list[tuple[str, np.ndarray | None, str | None, int]]:
-    import wsiscale  # noqa: F401  (cuCIM before torch in a fresh worker)
     import zlib
 
     import torch
 
+    import wsiscale  # noqa: F401  (cuCIM before torch in a fresh worker)
     from wsiscale.gigassl.data import read_tiles
 
     torch.set_num_threads(1)

@@ -457,7 +457,6 @@ class FaissPool:
     @classmethod
     def load(cls, uri: str, storage: Any = None, num_cpus: float = 1.0, num_gpus: float = 0.0) -> "FaissPool":
         """A search-only pool from :meth:`save` output (each actor reads its shard's index from storage)."""
-        import ray
 
         from wsiscale.io.uri import filesystem, join_uri
 

@@ -3,7 +3,7 @@
 :func:`run_cluster` (``wsiscale cluster``, ``jobs/cluster.py``) and
 :func:`run_slide_index` (``wsiscale index build``, ``jobs/index.py``) read
 their settings from the ``index`` config section, join or start Ray
-(:func:`wsiscale.demo.ray_session`), write
+(:func:`wsiscale.runtime.ray_session`), write
 their outputs and the resolved config next to them, and return a summary
 dict.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.demo import ray_session
+from wsiscale.config import WsiscaleConfig
 from wsiscale.io.uri import join_uri
+from wsiscale.runs.config_file import save_config
+from wsiscale.runtime import ray_session
 
 
 def run_cluster(cfg: WsiscaleConfig, embeddings: str | None = None, out: str | None = None, k: int | None = None,

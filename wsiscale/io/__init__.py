@@ -14,7 +14,8 @@ from wsiscale.io.errors import (
     SlideNotFoundError,
     UnsupportedSlideError,
 )
-from wsiscale.io.slide import Slide, SlideInfo, available_backends, open_slide
+from wsiscale.io.slide import available_backends, open_slide
+from wsiscale.io.slide_base import Slide, SlideInfo
 from wsiscale.io.staging import StagingCache
 from wsiscale.io.tiling import TilePlan, choose_level, plan_grid, plan_tiles, read_tile
 from wsiscale.io.tissue import TissueMask, detect_slide_tissue, detect_tissue

@@ -27,7 +27,7 @@ from wsiscale.io.tiling import TilePlan, read_tile
 from wsiscale.io.uri import is_local, local_path
 
 if TYPE_CHECKING:
-    from wsiscale.io.slide import Slide
+    from wsiscale.io.slide_base import Slide
 
 log = logging.getLogger(__name__)
 

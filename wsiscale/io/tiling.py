@@ -27,7 +27,7 @@ from wsiscale.config import TilingConfig
 from wsiscale.io.tissue import TissueMask
 
 if TYPE_CHECKING:
-    from wsiscale.io.slide import Slide
+    from wsiscale.io.slide_base import Slide
 
 
 def choose_level(level_mpps: list[float] | tuple[float, ...], target_mpp: float, tolerance: float = 0.1) -> int:

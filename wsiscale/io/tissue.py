@@ -26,7 +26,7 @@ import numpy as np
 from wsiscale.config import TissueConfig
 
 if TYPE_CHECKING:
-    from wsiscale.io.slide import Slide
+    from wsiscale.io.slide_base import Slide
 
 
 @dataclass(frozen=True)

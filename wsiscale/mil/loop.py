@@ -44,50 +44,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsiscale.checkpoints import read_checkpoint, report_checkpoint
-from wsiscale.mil.bags import BagSpec, BagStore
+from wsiscale.data.bags import BagSpec, BagStore
 from wsiscale.mil.losses import bag_loss, global_range, hard_positive_keep, pseudo_labels, student_loss
 from wsiscale.models.distributed_batchnorm import batch_norm_across_workers
 from wsiscale.models.mil import MILModel, build_mil_model
 from wsiscale.progress import write_progress
+from wsiscale.train.checkpoints import report_checkpoint
+from wsiscale.train.distributed import active_group, allreduce_gradients, average_buffers
+from wsiscale.train.worker import start_worker
 
 STUDENT_CHUNK_BAGS = 16  # bags whose instances are shuffled together in the student phase
 
 
 def _seed(*parts: int) -> int:
     return zlib.crc32(np.asarray(parts, np.int64).tobytes())
-
-
-def _dist() -> Any:
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
-
-
-def allreduce_gradients(params: list[nn.Parameter]) -> None:
-    """Sum every parameter's gradient over the workers (missing gradients count as zeros)."""
-    dist = _dist()
-    if dist is None:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
-
-
-def average_buffers(model: nn.Module) -> None:
-    """Average BatchNorm running statistics over the workers (each saw different instances)."""
-    dist = _dist()
-    if dist is None:
-        return
-    for name, buf in model.named_buffers():
-        if buf.dtype.is_floating_point:
-            dist.all_reduce(buf)
-            buf /= dist.get_world_size()
 
 
 def _optimizers(model: MILModel, mil: Any) -> dict[str, torch.optim.Optimizer]:
@@ -215,7 +185,7 @@ def predict_bags(model: MILModel, store: BagStore, idx: list[int], mil: Any, ran
 
 def _gather(records: list[dict[str, Any]], to_all: bool) -> list[dict[str, Any]] | None:
     """Every worker's records, in bag order (on every rank, or on rank 0 only)."""
-    dist = _dist()
+    dist = active_group()
     if dist is None:
         return sorted(records, key=lambda r: r["index"])
     if to_all:
@@ -230,7 +200,7 @@ def _gather(records: list[dict[str, Any]], to_all: bool) -> list[dict[str, Any]]
 
 
 def _sum_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    dist = _dist()
+    dist = active_group()
     if dist is None:
         return values
     keys = sorted(values)
@@ -246,26 +216,24 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``mil`` (MilConfig dict), ``bags`` (BagSpec dicts), ``dim``,
     ``folds`` (``[{"train", "val", "test"}]`` bag indices), ``out`` (results URI), ``storage``."""
-    import ray.train
-    import ray.train.torch
 
     from wsiscale.config import MilConfig
     from wsiscale.mil.results import fold_metrics, write_fold_outputs
 
     mil = MilConfig.model_validate(config["mil"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    worker = start_worker(map_location="cpu")
+    rank, world, device = worker.rank, worker.world, worker.device
     store = BagStore([BagSpec(**b) for b in config["bags"]], config.get("storage"), mil.cache_gb,
                      mil.instance_threshold)
     folds = config["folds"]
     resume: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        resume, meta = read_checkpoint(ckpt)
+    if worker.resuming:
+        meta = worker.meta
         results = meta["results"]
-        resume |= {"history": meta["history"], "best_epoch": meta["best_epoch"]}
+        resume = worker.state | {"history": meta["history"], "best_epoch": meta["best_epoch"]}
+        worker.resumed_at(fold=int(resume["fold"]), epoch=int(resume.get("epoch", 0)))
+    starts = worker.starts
     start_fold = int(resume.get("fold", 0))
     for f in range(start_fold, len(folds)):
         fold = folds[f]
@@ -312,7 +280,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                   {"fold": f, "epoch": epoch + 1, "model": _cpu_state(model),
                                    "optimizers": {k: o.state_dict() for k, o in opts.items()}, "best": best,
                                    "best_loss": best_loss, "bad": bad},
-                                  {"results": results, "history": history, "best_epoch": best_epoch})
+                                  {"results": results, "history": history, "best_epoch": best_epoch,
+                                   "starts": starts})
         model.load_state_dict(best)
         test = _gather(predict_bags(model, store, fold["test"], mil, rank, world, device, True), to_all=False)
         summary: dict[str, Any] = {}
@@ -323,13 +292,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                         "val_slides": len(fold["val"])}
             write_fold_outputs(config["out"], f, test, best, mil.method, config.get("storage"))
         holder = [summary]
-        dist = _dist()
+        dist = active_group()
         if dist is not None:
             dist.broadcast_object_list(holder, src=0)
         results.append(holder[0])
         report_checkpoint({k: v for k, v in holder[0].items() if k != "history"}
                           | {"folds": len(folds), "folds_done": f + 1},
-                          rank, {"fold": f + 1, "epoch": 0}, {"results": results, "history": [], "best_epoch": -1})
+                          rank, {"fold": f + 1, "epoch": 0},
+                          {"results": results, "history": [], "best_epoch": -1, "starts": starts})
 
 
 def _auc(labels: list[int], scores: list[float]) -> float:

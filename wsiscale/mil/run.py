@@ -20,19 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.config import WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
-from wsiscale.progress import watch_progress
-from wsiscale.train_scaling import scaling_config
+from wsiscale.config import WsiscaleConfig
+from wsiscale.io.uri import join_uri, normalize_uri
+from wsiscale.runs.config_file import save_config
+from wsiscale.train.fit import fit
 
 log = logging.getLogger(__name__)
 
 
 def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict[str, Any]:
     """Train and cross-validate ``cfg.mil.method`` on ``embeddings`` with ``labels``; returns ``results.json``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from wsiscale.mil.bags import bag_specs
     from wsiscale.mil.folds import stratified_folds
     from wsiscale.mil.loop import train_loop_per_worker
@@ -42,40 +39,22 @@ def run_mil(cfg: WsiscaleConfig, embeddings: str, labels: str, out: str) -> dict
     out = normalize_uri(out)
     specs, dim = bag_specs(cfg, embeddings, labels)
     folds = stratified_folds(np.array([s.label for s in specs]), mil.folds, mil.seed, mil.val_fraction)
-    scaling = scaling_config(cfg, "mil", mil.num_workers, mil.cpus_per_worker, mil.use_gpu)
-    run_config = ray.train.RunConfig(name="train", **ray_storage(out, cfg.storage),
-                                     failure_config=ray.train.FailureConfig(max_failures=mil.max_failures),
-                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     progress_uri = join_uri(out, "progress.json")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"mil": mil.model_dump(mode="json"), "bags": [dataclasses.asdict(s) for s in specs],
-                           "dim": dim, "folds": folds, "out": out, "storage": cfg.storage,
-                           "progress_uri": progress_uri},
-        scaling_config=scaling, run_config=run_config)
     positives = sum(s.label for s in specs)
     log.info("MIL %s: %d slides (%d positive), %d-d tile embeddings, %d folds, %s workers", mil.method, len(specs),
              positives, dim, mil.folds, mil.num_workers)
-    with watch_progress(progress_uri, cfg.storage, f"train-mil {mil.method}"):
-        result = trainer.fit()
-    if result.error:
-        raise result.error
-    results = _final_results(result)
+    result = fit(cfg, "mil", train_loop_per_worker,
+                 {"mil": mil.model_dump(mode="json"), "bags": [dataclasses.asdict(s) for s in specs], "dim": dim,
+                  "folds": folds, "out": out, "storage": cfg.storage, "progress_uri": progress_uri},
+                 out, progress_uri, description=f"train-mil {mil.method}")
     extra = {"slides": len(specs), "positive_slides": positives, "dim": dim, "embeddings": embeddings,
-             "labels": labels, "folds_split": [{k: [specs[i].slide_id for i in v] for k, v in f.items()} for f in folds]}
+             "labels": labels, "folds_split": [{k: [specs[i].slide_id for i in v] for k, v in f.items()} for f in folds],
+             "starts": result.starts}
     if mil.heatmaps:
         extra["heatmaps"] = draw_heatmaps(cfg, out, specs, folds)
-    doc = write_results(out, mil.method, results, extra, cfg.storage)
+    doc = write_results(out, mil.method, result.meta["results"], extra, cfg.storage)
     save_config(cfg, out, cfg.storage)
     return doc
-
-
-def _final_results(result: Any) -> list[dict[str, Any]]:
-    from wsiscale.checkpoints import read_checkpoint
-
-    if result.checkpoint is None:
-        raise RuntimeError("MIL training ended without a checkpoint")
-    return read_checkpoint(result.checkpoint)[1]["results"]
 
 
 def _heatmap_slides(specs: list, folds: list[dict[str, list[int]]], per_fold: int) -> list[tuple[int, int]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,70 +34,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsiscale.models import builtin, foundation  # noqa: F401 - importing them registers their encoders
 from wsiscale.models.errors import EncoderError, EncoderWeightsError
+from wsiscale.models.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, registered
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Prefixes stripped from checkpoint keys (DDP, Lightning, DINO teacher/student, timm/open_clip wrappers).
 KNOWN_PREFIXES = ("module.", "model.", "backbone.", "teacher.", "student.", "encoder.", "trunk.", "visual.trunk.")
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build one encoder.
-
-    Attributes:
-        name: registry name.
-        build: returns the untrained architecture (an ``nn.Module`` mapping
-            ``[B, 3, S, S]`` float to ``[B, dim]``).
-        dim: embedding dimension.
-        input_size: side ``S`` of the model input (tiles are resized to it).
-        mpp: microns per pixel the model was trained at (tiles should match).
-        mean, std: normalisation of ``[0, 1]`` RGB.
-        needs_weights: True for models that are useless without a checkpoint
-            (foundation models): ``weights=None`` is an error, not random init.
-        prefixes: extra checkpoint key prefixes to strip for this model.
-        reference: paper / model card.
-    """
-
-    name: str
-    build: Callable[[], nn.Module]
-    dim: int
-    input_size: int = 224
-    mpp: float = 0.5
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    needs_weights: bool = False
-    prefixes: tuple[str, ...] = ()
-    reference: str = ""
-    description: str = ""
-
-
-_REGISTRY: dict[str, EncoderSpec] = {}
-
-
-def register(spec: EncoderSpec, overwrite: bool = False) -> EncoderSpec:
-    """Add an encoder spec under ``spec.name``."""
-    if spec.name in _REGISTRY and not overwrite:
-        raise EncoderError(f"encoder {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
 def list_encoders() -> list[EncoderSpec]:
     """Registered specs (``timm:<name>`` works for any timm architecture besides these)."""
-    _load_builtin()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    specs = registered()
+    return [specs[k] for k in sorted(specs)]
 
 
 def get_spec(name: str) -> EncoderSpec:
     """The spec for ``name`` (``timm:<architecture>`` builds one on the fly; an exported ``encoder/``
     directory gives its architecture's)."""
-    _load_builtin()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    specs = registered()
+    if name in specs:
+        return specs[name]
     exported = _exported_encoder(name)
     if exported is not None:
         return get_spec(exported["encoder"])
@@ -106,10 +63,10 @@ def get_spec(name: str) -> EncoderSpec:
         return _timm_spec(name[len("timm:") :])
     import difflib
 
-    hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    hint = difflib.get_close_matches(name, list(specs), n=1)
     raise EncoderError(
         f"unknown encoder {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-        + f". Registered: {', '.join(sorted(_REGISTRY))}; or any timm architecture as 'timm:<name>'"
+        + f". Registered: {', '.join(sorted(specs))}; or any timm architecture as 'timm:<name>'"
     )
 
 
@@ -128,43 +85,6 @@ def _timm_spec(arch: str) -> EncoderSpec:
         name=f"timm:{arch}", build=lambda: timm.create_model(arch, pretrained=False, num_classes=0),
         dim=dim, input_size=size, mean=mean, std=std, reference="timm", description=f"timm {arch}, no classifier",
     )
-
-
-class TruncatedResNet(nn.Module):
-    """ResNet up to ``layer3`` + global average pooling: ``[B, 3, S, S] -> [B, C3]`` (CLAM / Giga-SSL features)."""
-
-    def __init__(self, arch: str) -> None:
-        super().__init__()
-        import timm
-
-        net = timm.create_model(arch, pretrained=False, num_classes=0)
-        self.conv1, self.bn1, self.act1, self.maxpool = net.conv1, net.bn1, net.act1, net.maxpool
-        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return x.mean(dim=(2, 3))
-
-
-def _vit_s16() -> nn.Module:
-    import timm
-
-    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, img_size=256)
-
-
-def _load_builtin() -> None:
-    if "resnet18_l3" in _REGISTRY:
-        return
-    register(EncoderSpec("resnet18_l3", lambda: TruncatedResNet("resnet18"), dim=256, input_size=224,
-                         reference="Lu et al. 2021 (CLAM); Lazard et al. 2023 (Giga-SSL)",
-                         description="ResNet-18 truncated after layer3, average pooled"))
-    register(EncoderSpec("resnet50_l3", lambda: TruncatedResNet("resnet50"), dim=1024, input_size=224,
-                         reference="Lu et al. 2021 (CLAM)", description="ResNet-50 truncated after layer3, average pooled"))
-    register(EncoderSpec("vit_s16", _vit_s16, dim=384, input_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                         reference="Caron et al. 2021 (DINO); Chen et al. 2022 (HIPT)",
-                         description="ViT-S/16 at 256 px, CLS token (HIPT patch encoder)"))
-    from wsiscale.models import foundation  # noqa: F401 - registers the foundation models
 
 
 @dataclass
@@ -195,11 +115,11 @@ class Encoder:
         """``[B, H, W, 3]`` uint8 -> ``[B, 3, S, S]`` float32 normalised, on the encoder's device.
 
         Tiles of another size are resized to ``S`` = ``spec.input_size``: numpy
-        input with :func:`wsiscale.data.tiles.resize_tiles` (what the pipeline's
+        input with :func:`wsiscale.models.preprocess.resize_tiles` (what the pipeline's
         readers do), tensors (e.g. already on the GPU) bilinearly with antialiasing.
         """
         if isinstance(tiles, np.ndarray) and tiles.ndim == 4 and tiles.shape[1] != self.input_size:
-            from wsiscale.data.tiles import resize_tiles
+            from wsiscale.models.preprocess import resize_tiles
 
             tiles = resize_tiles(tiles, self.input_size)
         x = torch.as_tensor(tiles).to(self.device, non_blocking=True)

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsiscale.models.encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderError, EncoderSpec, register
+from wsiscale.models.errors import EncoderError
+from wsiscale.models.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register
 
 log = logging.getLogger(__name__)
 
@@ -146,57 +147,32 @@ def _terms(repo: str, licence: str) -> str:
             "you must accept the model's terms of use) and pass the local file")
 
 
-SPECS: tuple[EncoderSpec, ...] = (
-    EncoderSpec(
-        "uni", partial(build_foundation, "uni"), dim=1024, input_size=224, mpp=0.5,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, needs_weights=True,
-        reference="Chen et al. 2024, Towards a general-purpose foundation model for computational pathology, "
-                  "Nat Med 30:850 (UNI); huggingface.co/MahmoodLab/UNI",
-        description="UNI ViT-L/16, CLS token; " + _terms("MahmoodLab/UNI", "CC-BY-NC-ND-4.0, gated, non-commercial"),
-    ),
-    EncoderSpec(
-        "uni2_h", partial(build_foundation, "uni2_h"), dim=1536, input_size=224, mpp=0.5,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, needs_weights=True,
-        reference="UNI2-h model card, huggingface.co/MahmoodLab/UNI2-h (Mahmood Lab 2025); "
-                  "method: Chen et al. 2024, Nat Med 30:850",
-        description="UNI2-h ViT-H/14 (SwiGLU, 8 register tokens), CLS token; "
-                    + _terms("MahmoodLab/UNI2-h", "CC-BY-NC-ND-4.0, gated, non-commercial"),
-    ),
-    EncoderSpec(
-        "conch_vit_b16", partial(build_foundation, "conch_vit_b16"), dim=768, input_size=448, mpp=0.5,
-        mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, needs_weights=True, prefixes=("visual.trunk.",),
-        reference="Lu et al. 2024, A visual-language foundation model for computational pathology, "
-                  "Nat Med 30:863 (CONCH); huggingface.co/MahmoodLab/CONCH",
-        description="CONCH vision trunk only (ViT-B/16 at 448 px, CLS token after the final norm, 768-d); "
-                    "NOT CONCH's attentional pooler / 512-d contrastive embedding (no zero-shot); "
-                    + _terms("MahmoodLab/CONCH", "CC-BY-NC-ND-4.0, gated, non-commercial"),
-    ),
-    EncoderSpec(
-        "virchow2", partial(build_foundation, "virchow2"), dim=2560, input_size=224, mpp=0.5,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, needs_weights=True,
-        reference="Zimmermann et al. 2024, Virchow2: Scaling Self-Supervised Mixed Magnification Models in "
-                  "Pathology, arXiv:2408.00738; huggingface.co/paige-ai/Virchow2",
-        description="Virchow2 ViT-H/14 (SwiGLU, 4 register tokens), concat(CLS, mean patch tokens); "
-                    + _terms("paige-ai/Virchow2", "CC-BY-NC-ND-4.0, gated, non-commercial"),
-    ),
-    EncoderSpec(
-        "h_optimus_0", partial(build_foundation, "h_optimus_0"), dim=1536, input_size=224, mpp=0.5,
-        mean=H_OPTIMUS_MEAN, std=H_OPTIMUS_STD, needs_weights=True,
-        reference="Saillard et al. 2024, H-optimus-0 (Bioptimus), github.com/bioptimus/releases; "
-                  "huggingface.co/bioptimus/H-optimus-0",
-        description="H-optimus-0 ViT-g/14 (DINOv2, 4 register tokens), CLS token; "
-                    + _terms("bioptimus/H-optimus-0", "Apache-2.0, gated"),
-    ),
-    EncoderSpec(
-        "prov_gigapath", partial(build_foundation, "prov_gigapath"), dim=1536, input_size=224, mpp=0.5,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, needs_weights=True,
-        reference="Xu et al. 2024, A whole-slide foundation model for digital pathology from real-world data, "
-                  "Nature 630:181 (Prov-GigaPath); huggingface.co/prov-gigapath/prov-gigapath",
-        description="Prov-GigaPath tile encoder, ViT-g DINOv2 (SwiGLU, patch 16), CLS token; "
-                    + _terms("prov-gigapath/prov-gigapath",
-                             "gated; licence and terms on the model card, not for clinical use"),
-    ),
-)
+#: Normalisation of ``[0, 1]`` RGB by the name ``foundation_models.yaml`` uses.
+NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "openai_clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+                  "h_optimus": (H_OPTIMUS_MEAN, H_OPTIMUS_STD)}
+
+
+def _specs() -> tuple[EncoderSpec, ...]:
+    """The registered foundation models, from their model-card data (``foundation_models.yaml``, 0.5 um/px,
+    weights required)."""
+    from importlib.resources import files
+
+    import yaml
+
+    cards = yaml.safe_load(files("wsiscale.models").joinpath("foundation_models.yaml").read_text())
+    specs = []
+    for name, card in cards.items():
+        mean, std = NORMALISATIONS[card.get("normalisation", "imagenet")]
+        weights = card["weights"]
+        specs.append(EncoderSpec(
+            name, partial(build_foundation, name), dim=card["dim"], input_size=card.get("input_size", 224), mpp=0.5,
+            mean=mean, std=std, needs_weights=True, prefixes=tuple(card.get("prefixes", ())),
+            reference=card["reference"],
+            description=f"{card['description']}; {_terms(weights['repo'], weights['licence'])}"))
+    return tuple(specs)
+
+
+SPECS: tuple[EncoderSpec, ...] = _specs()
 
 for _spec in SPECS:
     try:

@@ -65,7 +65,7 @@ def _read_region_files(batch: dict[str, np.ndarray], storage: Any, shape: list[i
         part = {"grid": g, "slide": np.full(len(g), int(slide), np.int64),
                 "region": np.arange(int(first), int(first) + len(g), dtype=np.int64)}
         if targets is not None:  # SLPD: this epoch's targets of these regions (wsiscale.pretrain.slpd)
-            from wsiscale.pretrain.slpd import read_region_targets
+            from wsiscale.pretrain.slpd_targets import read_region_targets
 
             part |= read_region_targets(targets, int(slide), int(first), len(g), storage)
         parts.append(part)
@@ -88,13 +88,13 @@ def region_dataset(files: list[RegionFile], shape: list[int], storage: Any = Non
     files in a ``seed``-fixed random order: :func:`shuffled_items`).
 
     With ``targets`` (SLPD), each read task also attaches the targets the latest clustering step
-    wrote there for its regions (:func:`wsiscale.pretrain.slpd.read_region_targets`). The dataset is
+    wrote there for its regions (:func:`wsiscale.pretrain.slpd_targets.read_region_targets`). The dataset is
     re-executed every epoch, so every epoch reads that epoch's targets.
     """
     import ray
 
     ds = ray.data.from_items(shuffled_items(files, seed), override_num_blocks=len(files))
-    from wsiscale.pretrain.run import READ_TASK_CPUS
+    from wsiscale.train.scaling import READ_TASK_CPUS
 
     return ds.map_batches(_read_region_files, batch_size=1, num_cpus=READ_TASK_CPUS,
                           fn_kwargs={"storage": storage, "shape": shape, "targets": targets})

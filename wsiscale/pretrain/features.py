@@ -28,7 +28,7 @@ def read_slide_items(uris: list[str], storage: Any, shape: list[int], level: str
         return np.concatenate([read_region_grids(u, storage, shape) for u in uris])
     from wsiscale.data.readers import tile_images
     from wsiscale.data.shards import read_parquet
-    from wsiscale.data.tiles import resize_tiles
+    from wsiscale.models.preprocess import resize_tiles
 
     out = []
     for u in uris:
@@ -45,7 +45,7 @@ class TeacherFeatures:
         import torch
 
         from wsiscale.config import DinoConfig
-        from wsiscale.pretrain.loop import build_model, image_normaliser
+        from wsiscale.pretrain.model import build_model, image_normaliser
 
         self.p = DinoConfig.model_validate(pretrain)
         self.model = build_model(self.p, shape, drop_path=0.0)

@@ -35,96 +35,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from wsiscale.checkpoints import read_checkpoint, report_checkpoint
 from wsiscale.pretrain.augment import grid_multicrop
-from wsiscale.pretrain.heads import DINOHead
 from wsiscale.pretrain.losses import DINOLoss
-from wsiscale.pretrain.region_vit import RegionViT
-from wsiscale.pretrain.schedules import cosine_schedule, ema_update, teacher_temp_schedule
+from wsiscale.pretrain.model import build_model, image_normaliser
+from wsiscale.pretrain.schedules import ema_update, teacher_temp_schedule
 from wsiscale.progress import write_progress
-
-
-class DinoModel(nn.Module):
-    """Backbone + DINO head over multi-crop views of different sizes (DINO's ``MultiCropWrapper``).
-
-    ``forward(views)`` with ``views`` a list of ``[B, D, h_i, w_i]`` tensors returns
-    ``(logits [V * B, K], bottleneck [V * B, 256], features [V * B, embed_dim])``, view-major.
-    Views of the same size go through the backbone together.
-    """
-
-    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats, start = [], 0
-        while start < len(views):
-            end = start
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(views[start:end])))
-            start = end
-        f = torch.cat(feats)
-        logits, z = self.head(f)
-        return logits, z, f
-
-
-def patch_backbone(name: str, drop_path: float) -> tuple[nn.Module, int]:
-    """``(backbone, feature dim)`` of registered tile encoder ``name``, trainable at any view size.
-
-    ViTs (``vit_s16``, ``timm:<vit>``) are built with timm's ``dynamic_img_size`` (position
-    embeddings interpolated for 96 px local views) and ``drop_path``; the state dict is the
-    registry's, so the exported weights load with ``load_encoder(name, weights=...)``.
-    """
-    import timm
-
-    from wsiscale.models.encoders import get_spec
-
-    spec = get_spec(name)
-    arch = {"vit_s16": ("vit_small_patch16_224", {"img_size": 256})}.get(name)
-    if arch is None and name.startswith("timm:"):
-        arch = (name[len("timm:"):], {})
-    if arch is not None:
-        try:
-            return timm.create_model(arch[0], pretrained=False, num_classes=0, dynamic_img_size=True,
-                                     drop_path_rate=drop_path, **arch[1]), spec.dim
-        except TypeError:  # not a ViT: convolutional nets take any input size
-            pass
-    return spec.build(), spec.dim
-
-
-def build_model(pretrain: Any, shape: list[int], drop_path: float | None = None) -> DinoModel:
-    """Student/teacher network for ``shape``: ``[D, g, g]`` region grids or ``[3, S, S]`` tiles (patch level)."""
-    p = pretrain
-    dp = p.drop_path if drop_path is None else drop_path
-    if p.level == "patch":
-        backbone, dim = patch_backbone(p.patch_encoder, dp)
-    else:
-        backbone = RegionViT(input_dim=int(shape[0]), embed_dim=p.embed_dim, depth=p.depth, num_heads=p.heads,
-                             grid=int(shape[1]), drop_path_rate=dp)
-        dim = p.embed_dim
-    head = DINOHead(dim, p.out_dim, hidden_dim=p.head_hidden_dim, bottleneck_dim=p.head_bottleneck_dim,
-                    use_bn=p.head_use_bn)
-    if p.head_use_bn:  # batch statistics over every worker's batch (DINO's SyncBatchNorm; also on gloo)
-        from wsiscale.models.distributed_batchnorm import convert_batchnorm
-
-        convert_batchnorm(head)
-    return DinoModel(backbone, head)
-
-
-def image_normaliser(pretrain: Any):
-    """``[B, S, S, 3]`` uint8 tensor -> ``[B, 3, S, S]`` float normalised as the patch encoder expects."""
-    from wsiscale.models.encoders import get_spec
-
-    spec = get_spec(pretrain.patch_encoder)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0
-
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float()
-        return (x - mean.to(x.device)) / std.to(x.device)
-
-    return normalise
+from wsiscale.train.checkpoints import report_checkpoint
+from wsiscale.train.schedules import cosine_schedule
+from wsiscale.train.worker import start_worker
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -267,9 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from wsiscale.config import DinoConfig
 
     p = DinoConfig.model_validate(config["pretrain"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    worker = start_worker()
+    rank, world, device = worker.rank, worker.world, worker.device
     shape = [int(v) for v in config["shape"]]
     torch.manual_seed(p.seed)
     student = build_model(p, shape)
@@ -304,9 +221,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = 0
     history: list[dict[str, float]] = []
     evaluations: list[dict[str, float]] = []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        state, meta = read_checkpoint(ckpt, device)
+    if worker.resuming:
+        state, meta = worker.state, worker.meta
         module.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino.load_state_dict(state["dino_loss"])
@@ -320,6 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pos = step * batch * world
         history = [h for h in meta.get("history", []) if h.get("items", h["step"] * batch * world) <= pos]
         evaluations = [e for e in meta.get("evaluations", []) if e.get("items", e["step"] * batch * world) <= pos]
+        worker.resumed_at(step=step, items=pos)
     resumed_from = step
     shard = ray.train.get_dataset_shard("train")
     if step >= total:  # resumed a finished run: nothing to train
@@ -404,7 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if step % p.checkpoint_every == 0 or last:
                     _report_with_checkpoint(metrics, rank, world, step * batch * world, module, teacher,
                                             {"dino_loss": dino, "proto_loss": proto_loss}, opt, scaler, p, config,
-                                            history, evaluations)
+                                            history, evaluations, worker.starts)
                 else:
                     ray.train.report(metrics)
         if not progressed:  # the shard ended before the epoch's steps: avoid spinning
@@ -417,7 +334,7 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, item
                             teacher: nn.Module, losses: dict[str, DINOLoss], opt: torch.optim.Optimizer,
                             scaler: Any, p: Any,
                             config: dict[str, Any], history: list[dict[str, float]],
-                            evaluations: list[dict[str, float]]) -> None:
+                            evaluations: list[dict[str, float]], starts: list[dict[str, Any]]) -> None:
     state = meta = None
     if rank == 0:
         state = {"student": module.state_dict(), "teacher": teacher.state_dict(),
@@ -425,5 +342,5 @@ def _report_with_checkpoint(metrics: dict[str, Any], rank: int, world: int, item
                  "scaler": scaler.state_dict() if scaler is not None else {}, "step": metrics["step"],
                  "items": items, "world": world}
         meta = {"pretrain": p.model_dump(mode="json"), "shape": config["shape"], "metrics": metrics,
-                "history": history, "evaluations": evaluations}
+                "history": history, "evaluations": evaluations, "starts": starts}
     report_checkpoint(metrics, rank, state, meta)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from functools import partial
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -23,15 +23,13 @@ import json
 import logging
 from typing import Any
 
-from wsiscale.config import ConfigError, WsiscaleConfig, save_config
-from wsiscale.io.uri import join_uri, normalize_uri, ray_storage
-from wsiscale.progress import watch_progress
-from wsiscale.train_scaling import refuse_or_wait, scaling_config
+from wsiscale.config import ConfigError, WsiscaleConfig
+from wsiscale.io.uri import join_uri, normalize_uri
+from wsiscale.runs.config_file import save_config
+from wsiscale.train.fit import FitResult, fit
+from wsiscale.train.scaling import READ_TASK_CPUS, check_data_cpus
 
 log = logging.getLogger(__name__)
-
-READ_TASK_CPUS = 0.5  # CPUs per Ray Data task reading region embeddings (wsiscale.pretrain.data)
-
 
 def _inputs(cfg: WsiscaleConfig, source: str, targets: str) -> tuple[list, list[str], list[int], Any]:
     """``(files, slide_ids, shape, dataset)`` of the pretraining input for ``pretrain.level`` (SLPD's
@@ -67,9 +65,6 @@ def pretrain_source(cfg: WsiscaleConfig, tiles: str | None = None, embeddings: s
 
 def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any]:
     """Pretrain with DINO (or SLPD) on ``source`` (regions-mode embedding run or tiling run); returns a summary."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from wsiscale.pretrain.loop import train_loop_per_worker
 
     p = cfg.pretrain
@@ -84,33 +79,26 @@ def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any
         slides, labels, names = load_eval_labels(p.eval_labels, slide_ids, cfg.storage)
         check_holdout(labels, p.eval_holdout, p.seed, p.eval_labels)
         evaluation = {"slides": slides.tolist(), "labels": labels.tolist(), "classes": names}
-    lo, hi = p.num_workers
-    check_data_cpus(cfg, hi)
-    scaling = scaling_config(cfg, "pretrain", (lo, hi), p.cpus_per_worker, p.use_gpu, p.resize_check_s)
-    run_config = ray.train.RunConfig(
-        name="pretrain", **ray_storage(out, cfg.storage),
-        failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    hi = p.num_workers[1]
+    if p.method == "slpd":  # SLPD's clustering actors live as long as the attempt
+        check_data_cpus(cfg, hi, p.cpus_per_worker, "pretrain", "reading region embeddings",
+                        also_held=(p.cluster_actors * p.cluster_cpus, f"{p.cluster_actors} SLPD clustering actor(s)",
+                                   "pretrain.cluster_cpus or pretrain.cluster_actors"))
+    else:
+        check_data_cpus(cfg, hi, p.cpus_per_worker, "pretrain", f"reading {unit}")
     progress_uri = join_uri(normalize_uri(out), "pretrain", "progress.json")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"pretrain": p.model_dump(mode="json"), "shape": shape, "n_items": n_items,
-                           "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids),
-                           "storage": cfg.storage, "eval": evaluation, "progress_uri": progress_uri,
-                           "targets_uri": targets_uri},
-        scaling_config=scaling, run_config=run_config, datasets={"train": ds},
-        dataset_config=_data_config(p.preserve_order))
     log.info("pretraining %s (%s level) on %d %s of %d slides (%s), %s workers", p.method.upper(), p.level, n_items,
              unit, len(slide_ids), "x".join(map(str, shape)), p.num_workers)
-    with watch_progress(progress_uri, cfg.storage, f"pretrain {p.method}"):
-        result = trainer.fit()
-    if result.error:
-        raise result.error
+    result = fit(cfg, "pretrain", train_loop_per_worker,
+                 {"pretrain": p.model_dump(mode="json"), "shape": shape, "n_items": n_items,
+                  "files": [dataclasses.asdict(f) for f in files], "n_slides": len(slide_ids), "storage": cfg.storage,
+                  "eval": evaluation, "progress_uri": progress_uri, "targets_uri": targets_uri},
+                 out, progress_uri, name="pretrain", datasets={"train": ds},
+                 dataset_config=_data_config(p.preserve_order), description=f"pretrain {p.method}")
     summary = {unit: n_items, "items": n_items, "unit": unit, "slides": len(slide_ids), "shape": shape,
-               "level": p.level, "metrics": result.metrics,
-               "checkpoint": result.checkpoint.path if result.checkpoint else None}
-    if result.checkpoint is not None:
-        summary["encoder"] = export_encoder(result.checkpoint, join_uri(normalize_uri(out), "encoder"), cfg)
+               "level": p.level, "metrics": result.metrics, "checkpoint": result.checkpoint.path,
+               "starts": result.starts,
+               "encoder": export_encoder(result, join_uri(normalize_uri(out), "encoder"), cfg)}
     save_config(cfg, normalize_uri(out), cfg.storage)
     return summary
 
@@ -124,32 +112,7 @@ def _data_config(preserve_order: bool) -> Any:
     return ray.train.DataConfig(execution_options=options)
 
 
-def check_data_cpus(cfg: WsiscaleConfig, workers: int, cpus_per_worker: float | None = None,
-                    section: str = "pretrain", reading: str = "reading region embeddings") -> None:
-    """Ray Data's read tasks need CPUs the training workers do not hold, or the run stalls forever.
-
-    On a fixed (local) cluster this is an error; on a cluster joined by address the
-    autoscaler may add nodes, so it is a warning.
-    """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    per = cfg.pretrain.cpus_per_worker if cpus_per_worker is None else cpus_per_worker
-    held = workers * per
-    holders, fix = f"the {workers} training workers hold", f"{section}.cpus_per_worker or {section}.num_workers"
-    p = cfg.pretrain
-    if section == "pretrain" and p.method == "slpd":  # SLPD's clustering actors live as long as the attempt
-        held += p.cluster_actors * p.cluster_cpus
-        holders = f"the {workers} training workers and {p.cluster_actors} SLPD clustering actor(s) hold"
-        fix += ", pretrain.cluster_cpus or pretrain.cluster_actors"
-    if total - held >= READ_TASK_CPUS:
-        return
-    msg = (f"{holders} {held:g} of the cluster's {total:g} CPUs, leaving less than the "
-           f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {fix}, or add CPUs")
-    refuse_or_wait(cfg, msg, "CPUs")
-
-
-def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
+def export_encoder(result: FitResult, out: str, cfg: WsiscaleConfig) -> str:
     """Write the checkpoint's teacher backbone to ``<out>/`` as safetensors + ``encoder.json``.
 
     Patch level: ``model.safetensors`` with the registry encoder's own keys, and ``encoder.json``
@@ -159,10 +122,9 @@ def export_encoder(checkpoint: Any, out: str, cfg: WsiscaleConfig) -> str:
     """
     from safetensors.torch import save
 
-    from wsiscale.checkpoints import read_checkpoint
     from wsiscale.io.uri import write_bytes_atomic
 
-    state, meta = read_checkpoint(checkpoint)
+    state, meta = result.state, result.meta
     backbone = {k[len("backbone."):]: v.contiguous() for k, v in state["teacher"].items() if k.startswith("backbone.")}
     p = cfg.pretrain
     common = {"method": p.method, "step": state["step"], "source": "wsiscale pretrain (DINO teacher backbone)"}

@@ -12,7 +12,8 @@ import json
 import numpy as np
 
 from wsiscale.io.cucim_guard import import_cucim
-from wsiscale.io.slide import Slide
+from wsiscale.io.slide_base import Slide
+
 
 def ensure_cucim(timeout_s: float = 60.0) -> None:
     """Raise :class:`BackendUnavailableError` unless cuCIM is importable and safe here."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsiscale.io.errors import BackendUnavailableError
-from wsiscale.io.slide import Slide
+from wsiscale.io.slide_base import Slide
 
 
 def ensure_openslide() -> None:
@@ -17,19 +17,13 @@ def ensure_openslide() -> None:
         ) from exc
 
 
-class OpenSlideSlide(Slide):
-    backend = "openslide"
-    needs_local_file = True
+class OpenSlideAPISlide(Slide):
+    """A reader object with OpenSlide's API (``level_dimensions``, ``level_downsamples``, ``properties``,
+    ``read_region``, ``close``) behind :class:`Slide`: OpenSlide itself, and tiffslide, which mimics it."""
 
-    def __init__(self, uri, local, summary, mpp_override, osr) -> None:
+    def __init__(self, uri, local, summary, mpp_override, handle) -> None:
         super().__init__(uri, local, summary, mpp_override)
-        self._osr = osr
-
-    @classmethod
-    def open(cls, uri, local, summary, mpp_override, storage=None) -> "OpenSlideSlide":
-        import openslide
-
-        return cls(uri, local, summary, mpp_override, openslide.OpenSlide(local))
+        self._osr = handle
 
     @property
     def level_dimensions(self):
@@ -41,7 +35,21 @@ class OpenSlideSlide(Slide):
 
     @property
     def properties(self) -> dict[str, str]:
-        return dict(self._osr.properties)
+        return {k: str(v) for k, v in self._osr.properties.items()}
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class OpenSlideSlide(OpenSlideAPISlide):
+    backend = "openslide"
+    needs_local_file = True
+
+    @classmethod
+    def open(cls, uri, local, summary, mpp_override, storage=None) -> "OpenSlideSlide":
+        import openslide
+
+        return cls(uri, local, summary, mpp_override, openslide.OpenSlide(local))
 
     def _read(self, x, y, level, w, h) -> np.ndarray:
         rgba = np.asarray(self._osr.read_region((x, y), level, (w, h)))
@@ -50,6 +58,3 @@ class OpenSlideSlide(Slide):
         if alpha.min() < 255:  # premultiplied: composite on white
             rgb = (rgb.astype(np.uint16) + (255 - alpha[..., None])).clip(0, 255).astype(np.uint8)
         return np.ascontiguousarray(rgb)
-
-    def close(self) -> None:
-        self._osr.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsiscale.io.errors import BackendUnavailableError
-from wsiscale.io.slide import Slide
+from wsiscale.io.backends.openslide_reader import OpenSlideAPISlide
 from wsiscale.io.uri import is_local, local_path, scheme_of, storage_options
 
 
@@ -16,13 +16,9 @@ def ensure_tiffslide() -> None:
         raise BackendUnavailableError(f"tiffslide is not usable ({exc}); pip install tiffslide") from exc
 
 
-class TiffSlideSlide(Slide):
+class TiffSlideSlide(OpenSlideAPISlide):
     backend = "tiffslide"
     needs_local_file = False  # range reads through fsspec
-
-    def __init__(self, uri, local, summary, mpp_override, ts) -> None:
-        super().__init__(uri, local, summary, mpp_override)
-        self._ts = ts
 
     @classmethod
     def open(cls, uri, local, summary, mpp_override, storage=None) -> "TiffSlideSlide":
@@ -34,23 +30,8 @@ class TiffSlideSlide(Slide):
             ts = tiffslide.TiffSlide(local, storage_options=storage_options(scheme_of(local), storage))
         return cls(uri, local, summary, mpp_override, ts)
 
-    @property
-    def level_dimensions(self):
-        return tuple((int(w), int(h)) for w, h in self._ts.level_dimensions)
-
-    @property
-    def level_downsamples(self):
-        return tuple(float(d) for d in self._ts.level_downsamples)
-
-    @property
-    def properties(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self._ts.properties.items()}
-
     def _read(self, x, y, level, w, h) -> np.ndarray:
-        arr = self._ts.read_region((x, y), level, (w, h), as_array=True)
+        arr = self._osr.read_region((x, y), level, (w, h), as_array=True)
         if arr.ndim == 3 and arr.shape[2] == 4:
             arr = arr[..., :3]
         return np.ascontiguousarray(arr, dtype=np.uint8)
-
-    def close(self) -> None:
-        self._ts.close()

@@ -15,6 +15,9 @@ from wsiscale.config import ConfigError, WsiscaleConfig
 
 log = logging.getLogger(__name__)
 
+#: CPUs per Ray Data task reading a training stage's input (region embeddings, tiles, Giga-SSL views).
+READ_TASK_CPUS = 0.5
+
 
 def check_gpus(cfg: WsiscaleConfig, section: str, workers: int, use_gpu: bool) -> None:
     """With ``use_gpu``, the cluster needs one GPU per training worker (``workers``: the group's minimum).
@@ -57,3 +60,28 @@ def scaling_config(cfg: WsiscaleConfig, section: str, num_workers: tuple[int, in
     return ray.train.ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=use_gpu,
                                    resources_per_worker={"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {}),
                                    **elastic)
+
+
+def check_data_cpus(cfg: WsiscaleConfig, workers: int, cpus_per_worker: float, section: str, reading: str,
+                    also_held: tuple[float, str, str] | None = None) -> None:
+    """Ray Data's read tasks need CPUs the training workers do not hold, or the run stalls forever.
+
+    ``also_held``: ``(cpus, who, settings)`` of other actors that live as long as the worker group
+    (SLPD's clustering actors). On a fixed (local) cluster too few free CPUs is an error; on a
+    cluster joined by address the autoscaler may add nodes, so it is a warning.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    held = workers * cpus_per_worker
+    holders, fix = f"the {workers} training workers hold", f"{section}.cpus_per_worker or {section}.num_workers"
+    if also_held is not None:
+        cpus, who, settings = also_held
+        held += cpus
+        holders = f"the {workers} training workers and {who} hold"
+        fix += f", {settings}"
+    if total - held >= READ_TASK_CPUS:
+        return
+    msg = (f"{holders} {held:g} of the cluster's {total:g} CPUs, leaving less than the "
+           f"{READ_TASK_CPUS:g} CPU that {reading} needs: lower {fix}, or add CPUs")
+    refuse_or_wait(cfg, msg, "CPUs")
