@@ -16,7 +16,7 @@ def patch_table(vectors: np.ndarray) -> pa.Table:
 
 def write_slide(state, slide_id: str, table: pa.Table, tiles: int) -> None:
     """Write a slide's embedding table as ``<slide>/embeddings.parquet`` and its done record (one shard)."""
-    from wsiscale.data.run_state import safe_name
+    from wsiscale.runs.state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     sink = pa.BufferOutputStream()

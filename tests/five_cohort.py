@@ -51,7 +51,7 @@ def write_five_cohort(root: Path, spec: FiveCohortSpec, seed: int, vector_seed: 
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.embedding import _tile_table, embed_state
-    from wsiscale.data.run_state import safe_name
+    from wsiscale.runs.state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     d = spec.dim

@@ -63,7 +63,7 @@ def write_gigassl_cohort(root: Path, spec: GigaSSLCohortSpec, seed: int) -> tupl
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.embedding import _tile_table, augmented_bytes, augmented_uri, embed_state
-    from wsiscale.data.run_state import safe_name
+    from wsiscale.runs.state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     rng = np.random.default_rng((seed, 777))

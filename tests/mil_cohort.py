@@ -48,7 +48,7 @@ def write_mil_cohort(root: Path, spec: MilCohortSpec, seed: int) -> tuple[str, s
 
     from wsiscale.config import WsiscaleConfig
     from wsiscale.data.embedding import _tile_table, embed_state
-    from wsiscale.data.run_state import safe_name
+    from wsiscale.runs.state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     rng = np.random.default_rng((seed, 4242))

@@ -170,7 +170,7 @@ def test_gigassl_job_and_bad_input(ssl_cohort, tmp_path):
     with pytest.raises(ConfigError, match="gigassl.cpus_per_worker"):
         train_gigassl(greedy, run, str(tmp_path / "greedy"))
     plain = tmp_path / "plain"  # the same run without augmented embeddings
-    from wsiscale.data.run_state import RunState
+    from wsiscale.runs.state import RunState
 
     state = RunState(run, None, data_dir="embeddings")
     rows = [r | {"augmented": None, "augmentations": None} for r in state.read_table("slides.parquet").to_pylist()]

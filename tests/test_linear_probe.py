@@ -143,7 +143,7 @@ def test_multiclass_macro_auc():
 def _write_run(root, slides: dict[str, list[np.ndarray]]) -> str:
     """A tiles-mode embedding run written with the project's writers; a slide's list holds its shards."""
     from wsiscale.data.embedding import _tile_table, embed_state
-    from wsiscale.data.run_state import safe_name
+    from wsiscale.runs.state import safe_name
     from wsiscale.io.uri import join_uri, write_bytes_atomic
 
     run = (root / "embeddings").as_uri()
@@ -235,8 +235,9 @@ def test_cli_end_to_end_writes_results(tmp_path, capsys):
     assert all(doc["slide_ids"][i].startswith("slide-") for i in doc["small_data"]["sizes"][0]["results"][0]["train"])
     md = (out / "linear_probe.md").read_text()
     assert "| 4-fold x 2 |" in md and "small data, n=10" in md and "skipped" in md
-    assert main(argv) == 0  # the table goes to stderr, nothing to stdout
-    assert capsys.readouterr().out == ""
+    assert main(argv) == 0  # without --json the table is the result: on stdout, and nothing on stderr
+    said = capsys.readouterr()
+    assert "linear probe: 40 slides" in said.out and "4-fold x 2" in said.out and "AUC" not in said.err
 
 
 def test_positive_labels_binarise_multiclass_table(tmp_path):

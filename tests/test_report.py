@@ -105,7 +105,7 @@ def _partial_run(tmp_path, cohort):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from wsiscale.data.run_state import failures_table
+    from wsiscale.runs.state import failures_table
     from wsiscale.io.manifest import read_manifest
 
     _, manifest = cohort

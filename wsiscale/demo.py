@@ -167,8 +167,8 @@ def _index_stage(cfg: WsiscaleConfig, out: Path) -> dict:
     """k-means of every tile embedding on the FAISS pool, per-slide prototypes, every slide's nearest slide."""
     import ray
 
-    from wsiscale.data.shards import read_parquet
     from wsiscale.index.stages import run_cluster, run_slide_index
+    from wsiscale.runs.shards import read_parquet
 
     emb = str(out / "embeddings")
     free = ray.available_resources().get("CPU", 1.0)

@@ -112,7 +112,7 @@ def index_source(cfg: WsiscaleConfig, paths: Paths) -> str:
     """The embedding run the index and evaluate stages read (``pipeline.index_on``)."""
     if cfg.pipeline.index_on == "tiles":
         return paths.embeddings
-    from wsiscale.data.shards import list_names
+    from wsiscale.runs.shards import list_names
 
     if "slides.parquet" not in list_names(paths.features, cfg.storage):
         raise ConfigError(f"pipeline.index_on=regions but {paths.features} holds no region features: run the "

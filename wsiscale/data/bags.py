@@ -84,7 +84,7 @@ class BagStore:
     def _load(self, spec: BagSpec) -> Bag | None:
         import pyarrow as pa
 
-        from wsiscale.data.shards import read_parquet
+        from wsiscale.runs.shards import read_parquet
 
         try:
             table = pa.concat_tables([read_parquet(u, self.storage, ["x", "y", "embedding"]) for u in spec.files])

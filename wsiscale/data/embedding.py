@@ -39,14 +39,14 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.config import TilingConfig, WsiscaleConfig
-from wsiscale.data.run_state import RunState, safe_name
-from wsiscale.data.shards import list_names, parquet_bytes, read_parquet, remove_uris
 from wsiscale.data.tiles import decode_image
 from wsiscale.data.tiling import _describe_error, _limit_threads, _manifest_blocks, _mpp_value, _now
 from wsiscale.io.tiling import TilePlan, read_tile
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
 from wsiscale.models.preprocess import resize_tiles
 from wsiscale.runs.config_file import save_config
+from wsiscale.runs.shards import list_names, parquet_bytes, read_parquet, remove_uris
+from wsiscale.runs.state import RunState, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -569,13 +569,12 @@ def _finish_embedding(state: RunState, cfg: WsiscaleConfig, table: pa.Table, nam
 
 def read_embeddings(run_uri: str, storage=None, slide_ids: list[str] | None = None) -> pa.Table:
     """All completed slides' embeddings as one table (``slide_id, x, y, embedding``)."""
-    state = RunState(run_uri, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: not an embedding run, or no run finished yet")
+    from wsiscale.runs.embedding_run import EmbeddingRun
+
+    run = EmbeddingRun(run_uri, storage)
     wanted = set(slide_ids) if slide_ids is not None else None
     parts = []
-    for sid, shards in zip(slides.column("slide_id").to_pylist(), slides.column("shards").to_pylist()):
+    for sid, shards in zip(run.table.column("slide_id").to_pylist(), run.table.column("shards").to_pylist()):
         if wanted is None or sid in wanted:
-            parts.extend(read_parquet(state.absolute(s["path"]), storage) for s in json.loads(shards))
+            parts.extend(read_parquet(run.absolute(s["path"]), storage) for s in json.loads(shards))
     return pa.concat_tables(parts) if parts else pa.table({})

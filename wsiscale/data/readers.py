@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from wsiscale.data.run_state import RunState
-from wsiscale.data.shards import read_parquet
 from wsiscale.data.tiles import decode_image, pixel_mode_of
+from wsiscale.runs.shards import read_parquet
+from wsiscale.runs.state import RunState
 
 if TYPE_CHECKING:
     from wsiscale.config import StorageConfig

@@ -13,7 +13,7 @@ OpenSlide through the node's staging cache, or tiffslide directly). Tile
 pixels go straight from the actor to the output shards, so the driver only
 sees per-slide records. A failing slide is recorded (uri, error type,
 message) and the run goes on; a rerun skips completed slides; a retried
-attempt can neither lose nor duplicate tiles (see :mod:`wsiscale.data.run_state`).
+attempt can neither lose nor duplicate tiles (see :mod:`wsiscale.runs.state`).
 
 :func:`tile_stream` is the same reader as a streaming dataset of in-memory
 tile batches, for pipelines that read and embed in one pass.
@@ -35,14 +35,14 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.config import WsiscaleConfig
-from wsiscale.data.run_state import RunState, safe_name
-from wsiscale.data.shards import ShardWriter
 from wsiscale.data.tiles import iter_tile_arrays, iter_tile_tables, tile_schema
 from wsiscale.io.errors import SlideError
 from wsiscale.io.manifest import read_manifest
 from wsiscale.io.passthrough import JpegTileSource
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
 from wsiscale.runs.config_file import read_saved_config, save_config
+from wsiscale.runs.shards import ShardWriter
+from wsiscale.runs.state import RunState, safe_name
 
 if TYPE_CHECKING:
     import ray.data

@@ -172,24 +172,20 @@ def mean_pooled_vectors(run_uri: str, storage: "StorageConfig | None" = None) ->
     Slides are read one at a time (their shards' ``embedding`` column only), never the whole
     archive; slides without tiles, or whose mean is not finite, are left out with a warning.
     """
-    from wsiscale.data.run_state import RunState
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.embedding_run import EmbeddingRun
+    from wsiscale.runs.shards import read_parquet
 
-    state = RunState(run_uri, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: give a `wsiscale embed` run directory or a "
-                                "slide-vector Parquet file")
+    run = EmbeddingRun(run_uri, storage)
     ids, vecs, empty = [], [], []
-    for rec in slides.to_pylist():
+    for rec in run.table.to_pylist():
         if rec.get("mode") not in (None, "tiles", "region-features"):
-            raise ConfigError(f"{state.uri} is a {rec.get('mode')}-mode embedding run: mean pooling needs one "
+            raise ConfigError(f"{run.uri} is a {rec.get('mode')}-mode embedding run: mean pooling needs one "
                               "vector per tile (embed.mode=tiles) or per region (the pipeline's region features)")
         total, rows = None, 0
         for shard in json.loads(rec["shards"] or "[]"):
             if not shard.get("rows"):
                 continue
-            col = read_parquet(state.absolute(shard["path"]), storage, ["embedding"]).column("embedding")
+            col = read_parquet(run.absolute(shard["path"]), storage, ["embedding"]).column("embedding")
             col = col.combine_chunks()
             if len(col) == 0:
                 continue
@@ -201,17 +197,17 @@ def mean_pooled_vectors(run_uri: str, storage: "StorageConfig | None" = None) ->
             continue
         mean = total / rows
         if not np.isfinite(mean).all():
-            log.warning("%s: slide %s holds NaN/inf embeddings; left out", state.uri, rec["slide_id"])
+            log.warning("%s: slide %s holds NaN/inf embeddings; left out", run.uri, rec["slide_id"])
             continue
         if vecs and len(mean) != len(vecs[0]):
-            raise ConfigError(f"{state.uri}: slide {rec['slide_id']} has {len(mean)}-d embeddings, others "
+            raise ConfigError(f"{run.uri}: slide {rec['slide_id']} has {len(mean)}-d embeddings, others "
                               f"{len(vecs[0])}-d")
         ids.append(rec["slide_id"])
         vecs.append(mean)
     if empty:
-        log.warning("%s: %d slides without tiles left out (e.g. %s)", state.uri, len(empty), empty[0])
+        log.warning("%s: %d slides without tiles left out (e.g. %s)", run.uri, len(empty), empty[0])
     if not ids:
-        raise ConfigError(f"{state.uri} holds no slide with tile embeddings")
+        raise ConfigError(f"{run.uri} holds no slide with tile embeddings")
     return ids, np.stack(vecs).astype(np.float32)
 
 
@@ -225,8 +221,8 @@ def read_slide_vectors(uri: str, storage: "StorageConfig | None" = None,
     """
     import pyarrow as pa
 
-    from wsiscale.data.shards import read_parquet
     from wsiscale.io.uri import filesystem, join_uri, normalize_uri
+    from wsiscale.runs.shards import read_parquet
 
     uri = normalize_uri(uri)
     fs, path = filesystem(uri, storage)

@@ -77,8 +77,8 @@ def retrieval_metrics(neighbours: dict[str, list[str]], labels: dict[str, str], 
 def run_retrieval_eval(neighbours_uri: str, labels_uri: str, k: int, label_column: str = "label",
                        storage: Any = None) -> dict[str, Any]:
     """:func:`retrieval_metrics` of a ``neighbours.parquet`` against a labels table (manifest, CSV, Parquet)."""
-    from wsiscale.data.shards import read_parquet
     from wsiscale.eval.linear_probe import read_labels
+    from wsiscale.runs.shards import read_parquet
 
     table = read_parquet(neighbours_uri, storage).to_pylist()
     labels = read_labels(labels_uri, storage, label_column)

@@ -16,7 +16,6 @@ remaining fields are shuffled.
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -92,15 +91,12 @@ def class_descriptions(five: FiveConfig, class_names: list[str]) -> list[str]:
 
 def five_slides(cfg: WsiscaleConfig, embeddings: str, manifest: str) -> tuple[list[FiveSlide], list[str], int]:
     """``(slides, class names, tile feature dim)`` of ``embeddings`` with the reports/labels of ``manifest``."""
-    from wsiscale.data.run_state import RunState
     from wsiscale.five.extract import build_extractor
     from wsiscale.io.manifest import read_table
+    from wsiscale.runs.embedding_run import EmbeddingRun
 
     five = cfg.five
-    state = RunState(embeddings, cfg.storage, data_dir="embeddings")
-    run = state.read_table("slides.parquet")
-    if run is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first (embed.mode=tiles)")
+    run = EmbeddingRun(embeddings, cfg.storage)
     table = read_table(manifest, cfg.storage, "manifest", string_columns=(five.label_column, "slide_id"))
     for col in ("slide_id", five.report_column, five.label_column):
         if col not in table.column_names:
@@ -109,36 +105,25 @@ def five_slides(cfg: WsiscaleConfig, embeddings: str, manifest: str) -> tuple[li
     rows = {str(r["slide_id"]): r for r in table.to_pylist()}
     names = sorted({str(r[five.label_column]) for r in rows.values() if r[five.label_column] not in (None, "")})
     index = {n: i for i, n in enumerate(names)}
-    picked, dim, missing = [], None, 0
-    for rec in run.to_pylist():
-        sid = rec["slide_id"]
-        row = rows.get(sid)
+    slides = run.slides(mode="tiles", user="FiVE")
+    picked, missing = [], 0
+    for slide in slides:
+        row = rows.get(slide.slide_id)
         if row is None:
             missing += 1
             continue
-        if rec.get("mode") not in (None, "tiles"):
-            raise ConfigError(f"{state.uri} is a {rec.get('mode')}-mode embedding run: FiVE needs one embedding "
-                              "per tile (embed.mode=tiles)")
-        shards = [s for s in json.loads(rec["shards"]) if s.get("rows")]
-        if not shards:
-            log.warning("%s: slide %s has no tissue tiles; left out of FiVE", state.uri, sid)
-            continue
-        dim = dim or int(rec["dim"])
-        if int(rec["dim"]) != dim:
-            raise ConfigError(f"{state.uri}: slide {sid} has {rec['dim']}-d embeddings, others {dim}-d")
         label = row.get(five.label_column)
         name = "" if label in (None, "") else str(label)
-        bag = BagSpec(sid, index.get(name, -1), name, [state.absolute(s["path"]) for s in shards],
-                      int(sum(int(s["rows"]) for s in shards)), rec.get("uri") or row.get("uri"))
+        bag = BagSpec(slide.slide_id, index.get(name, -1), name, slide.files, slide.tiles, slide.uri or row.get("uri"))
         picked.append((bag, row.get(five.report_column) or ""))
     if missing:
-        log.warning("%d slides of %s are not in %s; left out", missing, state.uri, manifest)
+        log.warning("%d slides of %s are not in %s; left out", missing, run.uri, manifest)
     if not picked:
-        raise ConfigError(f"no slide of {state.uri} is in {manifest} (matched by slide_id)")
+        raise ConfigError(f"no slide of {run.uri} is in {manifest} (matched by slide_id)")
     extracted = build_extractor(five).extract_many([r for _, r in picked])
-    slides = [FiveSlide(bag, {k: v for k, v in f.items() if k in five.fields}) for (bag, _), f in
-              zip(picked, extracted)]
-    return slides, names, int(dim)
+    five_slides = [FiveSlide(bag, {k: v for k, v in f.items() if k in five.fields}) for (bag, _), f in
+                   zip(picked, extracted)]
+    return five_slides, names, run.dim(slides)
 
 
 def to_config(slides: list[FiveSlide]) -> list[dict[str, Any]]:

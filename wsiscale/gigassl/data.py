@@ -12,7 +12,6 @@ reach the training workers through ``get_dataset_shard``. A read touches
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,57 +30,46 @@ class SlideEntry:
     augmentations: int
 
 
-def _tile_slides(run: str, storage: Any, hint: str) -> tuple[Any, list[dict[str, Any]]]:
-    """``(run state, slides.parquet records with tiles)`` of a tiles-mode embedding run."""
+def _tile_slides(run: str, storage: Any, hint: str) -> tuple[Any, list[Any]]:
+    """``(run, its slides with tiles)`` of a tiles-mode embedding run."""
     from wsiscale.config import ConfigError
-    from wsiscale.data.run_state import RunState
+    from wsiscale.runs.embedding_run import EmbeddingRun
 
-    state = RunState(run, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: {hint}")
-    rows = slides.to_pylist()
-    if any(r.get("mode") == "regions" for r in rows):
-        raise ConfigError(f"{state.uri} is a regions-mode run; Giga-SSL needs tile embeddings (embed.mode=tiles)")
-    rows = [r for r in rows if r.get("tiles")]
-    if not rows:
-        raise ConfigError(f"{state.uri} holds no slide with tiles")
-    return state, rows
-
-
-def _embeddings_file(state: Any, record: dict[str, Any]) -> str:
-    return state.absolute(json.loads(record["shards"])[0]["path"])
+    try:
+        opened = EmbeddingRun(run, storage)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}: {hint}") from None
+    slides = opened.slides(mode="tiles", user="Giga-SSL")
+    if not slides:
+        raise ConfigError(f"{opened.uri} holds no slide with tiles")
+    return opened, slides
 
 
 def gigassl_slides(run: str, storage: Any = None) -> tuple[list[SlideEntry], int]:
     """The completed slides of an augmented tiles-mode embedding run and the embedding dimension."""
     from wsiscale.config import ConfigError
 
-    state, rows = _tile_slides(run, storage, "run `wsiscale embed --set embed.augmentations=25` first (Giga-SSL "
-                                             "trains on augmented tile embeddings)")
-    missing = [r["slide_id"] for r in rows if not r.get("augmented")]
+    opened, slides = _tile_slides(run, storage, "run `wsiscale embed --set embed.augmentations=25` first "
+                                                "(Giga-SSL trains on augmented tile embeddings)")
+    missing = [s.slide_id for s in slides if not s.record.get("augmented")]
     if missing:
-        raise ConfigError(f"{state.uri}: {len(missing)} slides (e.g. {missing[0]}) have no augmented embeddings: "
+        raise ConfigError(f"{opened.uri}: {len(missing)} slides (e.g. {missing[0]}) have no augmented embeddings: "
                           "embed the run with embed.augmentations > 0 (a new run directory)")
-    entries = [SlideEntry(i, r["slide_id"], _embeddings_file(state, r), state.absolute(r["augmented"]),
-                          int(r["tiles"]), int(r["augmentations"])) for i, r in enumerate(rows)]
-    dims = {int(r["dim"]) for r in rows}
-    if len(dims) != 1:
-        raise ConfigError(f"{state.uri} mixes embedding dimensions {sorted(dims)}")
-    return entries, dims.pop()
+    entries = [SlideEntry(i, s.slide_id, s.files[0], opened.absolute(s.record["augmented"]), s.tiles,
+                          int(s.record["augmentations"])) for i, s in enumerate(slides)]
+    return entries, opened.dim(slides)
 
 
 def embedding_entries(run: str, storage: Any = None) -> list[dict[str, Any]]:
     """``[{slide_id, embeddings, source}]`` of a tiles-mode run's slides with tiles (augmented or not)."""
-    state, rows = _tile_slides(run, storage, "give a `wsiscale embed` run directory")
-    return [{"slide_id": r["slide_id"], "embeddings": _embeddings_file(state, r), "source": r.get("uri")}
-            for r in rows]
+    _, slides = _tile_slides(run, storage, "give a `wsiscale embed` run directory")
+    return [{"slide_id": s.slide_id, "embeddings": s.files[0], "source": s.uri} for s in slides]
 
 
 def read_positions(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` lattice positions of a slide's tiles (from ``embeddings.parquet``'s corners)."""
-    from wsiscale.data.shards import read_parquet
     from wsiscale.gigassl.views import grid_positions
+    from wsiscale.runs.shards import read_parquet
 
     t = read_parquet(uri, storage, ["x", "y"])
     return grid_positions(t.column("x").to_numpy(), t.column("y").to_numpy())
@@ -89,8 +77,8 @@ def read_positions(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarra
 
 def read_tiles(uri: str, storage: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A slide's un-augmented tile embeddings ``[n, D]`` float32 and their ``(rows, cols)``, in one read."""
-    from wsiscale.data.shards import read_parquet
     from wsiscale.gigassl.views import grid_positions
+    from wsiscale.runs.shards import read_parquet
 
     t = read_parquet(uri, storage, ["x", "y", "embedding"])
     col = t.column("embedding").combine_chunks()

@@ -150,8 +150,8 @@ def embed_gigassl(cfg: WsiscaleConfig, embeddings: str, model_dir: str, out: str
     import pyarrow as pa
     import ray
 
-    from wsiscale.data.shards import parquet_bytes
     from wsiscale.gigassl.data import embedding_entries
+    from wsiscale.runs.shards import parquet_bytes
 
     g = cfg.gigassl
     out = normalize_uri(out)

@@ -121,8 +121,8 @@ class FaissShard:
         """Write ``part-<shard>.parquet`` under ``out``: the shard's keys and their nearest ``cluster``."""
         import pyarrow as pa
 
-        from wsiscale.data.shards import parquet_bytes
         from wsiscale.io.uri import join_uri, write_bytes_atomic
+        from wsiscale.runs.shards import parquet_bytes
 
         if self.keys is None:
             raise RuntimeError("write_assignments needs a pool loaded from an embedding run (FaissPool.from_embeddings)")
@@ -406,8 +406,8 @@ class FaissPool:
         Only for pools from :meth:`from_embeddings` (keys ``slide_id, x, y``).
         Parts left by an earlier run with more shards are removed.
         """
-        from wsiscale.data.shards import remove_parts_except
         from wsiscale.io.uri import normalize_uri
+        from wsiscale.runs.shards import remove_parts_except
 
         c = check_vectors(centroids, "centroids", dim=self.dim)
         out = normalize_uri(out)

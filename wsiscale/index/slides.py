@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from wsiscale.data.run_state import RunState
-from wsiscale.data.shards import parquet_bytes, read_parquet
 from wsiscale.index.kmeans import IndexInputError
 from wsiscale.index.prototypes import SlideRetriever, all_neighbours, batched_kmeans
 from wsiscale.index.sources import table_vectors
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.runs.shards import parquet_bytes, read_parquet
+from wsiscale.runs.state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +84,17 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
     """
     import ray
 
-    from wsiscale.data.shards import ShardWriter, remove_parts_except
     from wsiscale.data.tiling import _manifest_blocks
+    from wsiscale.runs.embedding_run import EmbeddingRun
+    from wsiscale.runs.shards import ShardWriter, remove_parts_except
 
-    state = RunState(embeddings, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first")
+    run = EmbeddingRun(embeddings, storage)
+    slides = run.table
     out = normalize_uri(out)
     blocks = _manifest_blocks(slides, max(1, -(-slides.num_rows // batch_slides)), ("slide_id", "shards"))
     ds = ray.data.from_arrow(blocks).map_batches(
         prototype_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpus_per_task,
-        fn_kwargs=dict(run=state.uri, storage=storage, m=m, iters=iters, min_vectors=min_vectors, seed=seed,
+        fn_kwargs=dict(run=run.uri, storage=storage, m=m, iters=iters, min_vectors=min_vectors, seed=seed,
                        restarts=restarts))
     directory = join_uri(out, "prototypes")
     writer: ShardWriter | None = None
@@ -117,10 +116,10 @@ def build_slide_index(embeddings: str, out: str, m: int = 4, iters: int = 20, mi
                                "prototypes": pa.FixedSizeListArray.from_arrays(flat, m * dim)}, schema=writer.schema))
         n_slides += t.num_rows
     if writer is None:
-        raise IndexInputError(f"{state.uri}: no slide has at least {max(1, min_vectors)} embeddings")
+        raise IndexInputError(f"{run.uri}: no slide has at least {max(1, min_vectors)} embeddings")
     written = {info.uri.rsplit("/", 1)[-1] for info in writer.close()}
     remove_parts_except(directory, written, storage)
-    meta = {"embeddings": state.uri, "slides": n_slides, "m": m, "dim": dim, "iters": iters, "seed": seed,
+    meta = {"embeddings": run.uri, "slides": n_slides, "m": m, "dim": dim, "iters": iters, "seed": seed,
             "restarts": restarts,
             "files": sorted(written), "skipped": sorted(skipped)}
     write_bytes_atomic(join_uri(out, "index.json"), json.dumps(meta, indent=1).encode(), storage)

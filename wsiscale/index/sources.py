@@ -58,7 +58,7 @@ def table_vectors(table: pa.Table, uri: str = "") -> np.ndarray:
 
 def run_vector_files(embeddings: str, storage: Any = None) -> list[VectorFile]:
     """Every embedding file of a run's completed slides, in slide order, with global ids (tile runs only)."""
-    from wsiscale.data.run_state import run_files
+    from wsiscale.runs.state import run_files
 
     files, _ = run_files(embeddings, storage, "embeddings", "run `wsiscale embed` first", empty_error=IndexInputError)
     out, first = [], 0
@@ -87,8 +87,8 @@ def load_vector_files(files: list[VectorFile], storage: Any = None,
     Raises :class:`IndexInputError` naming the file for region files, row-count
     mismatches with the run's records, dimension mismatches and NaN/inf rows.
     """
-    from wsiscale.data.shards import read_parquet
     from wsiscale.index.kmeans import check_vectors
+    from wsiscale.runs.shards import read_parquet
 
     xs, ids, keys, dim = [], [], [], None
     for f in files:

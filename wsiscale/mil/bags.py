@@ -12,7 +12,6 @@ cannot be read, or hold NaN/inf, is skipped with a warning naming its URI.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -48,14 +47,11 @@ def _as_number(v: str) -> float | None:
 
 def bag_specs(cfg: Any, embeddings: str, labels: str) -> tuple[list[BagSpec], int]:
     """``(specs, dim)``: the labelled slides of tiles-mode embedding run ``embeddings`` in run order."""
-    from wsiscale.data.run_state import RunState
     from wsiscale.io.manifest import read_table
+    from wsiscale.runs.embedding_run import EmbeddingRun
 
     mil, storage = cfg.mil, cfg.storage
-    state = RunState(embeddings, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
-        raise FileNotFoundError(f"{state.uri} has no slides.parquet: run `wsiscale embed` first (embed.mode=tiles)")
+    run = EmbeddingRun(embeddings, storage)
     table = read_table(labels, storage, "labels table", string_columns=(mil.label_column, "slide_id"))
     for col in ("slide_id", mil.label_column):
         if col not in table.column_names:
@@ -65,33 +61,18 @@ def bag_specs(cfg: Any, embeddings: str, labels: str) -> tuple[list[BagSpec], in
     names = [str(r[mil.label_column]) for r in rows if r[mil.label_column] is not None]
     positive = _positive_names(names, list(mil.positive_labels), mil.label_column, labels)
     by_id = {str(r["slide_id"]): r for r in rows if r[mil.label_column] is not None}
-    specs, dim, missing = [], None, 0
-    for rec in slides.to_pylist():
-        sid = rec["slide_id"]
-        if rec.get("mode") not in (None, "tiles"):
-            raise ConfigError(f"{state.uri} is a {rec.get('mode')}-mode embedding run: MIL needs one embedding per "
-                              "tile (embed.mode=tiles)")
-        row = by_id.get(sid)
+    specs, missing = [], 0
+    slides = run.slides(mode="tiles", user="MIL")
+    for slide in slides:
+        row = by_id.get(slide.slide_id)
         if row is None:
             missing += 1
             continue
-        shards = [s for s in json.loads(rec["shards"]) if s.get("rows")]
-        if not shards:
-            log.warning("%s: slide %s has no tissue tiles; left out of MIL", state.uri, sid)
-            continue
-        dim = dim or int(rec["dim"])
-        if int(rec["dim"]) != dim:
-            raise ConfigError(f"{state.uri}: slide {sid} has {rec['dim']}-d embeddings, others {dim}-d")
-        extent = None
-        slide_mpp = row.get("mpp")
-        if rec.get("mpp") and rec.get("tile_size") and slide_mpp:
-            extent = float(rec["tile_size"]) * float(rec["mpp"]) / float(slide_mpp)
         name = str(row[mil.label_column])
-        specs.append(BagSpec(sid, int(name in positive), name, [state.absolute(s["path"]) for s in shards],
-                             int(sum(int(s["rows"]) for s in shards)), rec.get("uri") or row.get("uri"), extent,
-                             row.get("truth_uri")))
+        specs.append(BagSpec(slide.slide_id, int(name in positive), name, slide.files, slide.tiles,
+                             slide.uri or row.get("uri"), slide.extent_at(row.get("mpp")), row.get("truth_uri")))
     if missing:
-        log.warning("%d slides of %s have no label in %s; left out", missing, state.uri, labels)
+        log.warning("%d slides of %s have no label in %s; left out", missing, run.uri, labels)
     if not specs:
-        raise ConfigError(f"no slide of {state.uri} has a label in {labels} (matched by slide_id)")
-    return specs, int(dim)
+        raise ConfigError(f"no slide of {run.uri} has a label in {labels} (matched by slide_id)")
+    return specs, run.dim(slides)

@@ -77,7 +77,7 @@ def draw_heatmaps(cfg: WsiscaleConfig, out: str, specs: list, folds: list[dict[s
         return []
     import pyarrow.compute as pc
 
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.shards import read_parquet
 
     tables = {f: read_parquet(join_uri(out, "instances", f"fold-{f}.parquet"), cfg.storage)
               for f in sorted({f for f, _ in chosen})}  # each fold's instances read once, not once per slide

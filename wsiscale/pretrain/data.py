@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from wsiscale.data.run_state import RegionFile, run_files  # noqa: F401  (re-exported: the pretraining file lists)
+from wsiscale.runs.state import RegionFile, run_files  # noqa: F401  (re-exported: the pretraining file lists)
 
 
 def slide_items(files: list[RegionFile], slides: set[int] | None = None) -> list[dict[str, Any]]:
@@ -31,8 +31,8 @@ def slide_items(files: list[RegionFile], slides: set[int] | None = None) -> list
 
 def region_files(embeddings: str, storage: Any = None) -> tuple[list[RegionFile], list[str], list[int]]:
     """``(files, slide_ids, region_shape [D, g, g])`` of a regions-mode embedding run's completed slides."""
-    from wsiscale.data.shards import read_parquet
     from wsiscale.index.sources import region_shape
+    from wsiscale.runs.shards import read_parquet
 
     files, ids = run_files(embeddings, storage, "embeddings", "run `wsiscale embed --set embed.mode=regions` first")
     shape = region_shape(read_parquet(files[0].uri, storage))
@@ -52,7 +52,7 @@ def table_region_grids(t: Any, shape: list[int]) -> np.ndarray:
 
 def read_region_grids(uri: str, storage: Any, shape: list[int]) -> np.ndarray:
     """The ``[n, D, g, g]`` float32 region grids of one regions-mode embedding file."""
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.shards import read_parquet
 
     return table_region_grids(read_parquet(str(uri), storage, ["embedding"]), shape)
 

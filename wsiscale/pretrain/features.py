@@ -27,8 +27,8 @@ def read_slide_items(uris: list[str], storage: Any, shape: list[int], level: str
 
         return np.concatenate([read_region_grids(u, storage, shape) for u in uris])
     from wsiscale.data.readers import tile_images
-    from wsiscale.data.shards import read_parquet
     from wsiscale.models.preprocess import resize_tiles
+    from wsiscale.runs.shards import read_parquet
 
     out = []
     for u in uris:

@@ -48,8 +48,8 @@ class RegionFeaturizer:
         import torch
 
         from wsiscale.data.embedding import EMBED_SLIDE_COLUMNS
-        from wsiscale.data.run_state import RunState
         from wsiscale.pretrain.region_vit import load_region_encoder
+        from wsiscale.runs.state import RunState
 
         torch.set_num_threads(1)
         self.torch, self.encoder = torch, load_region_encoder(encoder_dir, storage)
@@ -64,10 +64,10 @@ class RegionFeaturizer:
         return np.concatenate(out) if out else np.zeros((0, self.encoder.embed_dim), np.float32)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from wsiscale.data.run_state import safe_name
-        from wsiscale.data.shards import parquet_bytes, read_parquet
         from wsiscale.data.tiling import _now
         from wsiscale.pretrain.data import table_region_grids
+        from wsiscale.runs.shards import parquet_bytes, read_parquet
+        from wsiscale.runs.state import safe_name
 
         rows = []
         for sid, uris in zip(batch["slide_id"], batch["uris"]):
@@ -107,8 +107,8 @@ def run_region_features(cfg: WsiscaleConfig, regions: str, encoder_dir: str, out
     import ray
 
     from wsiscale.data.embedding import embed_state
-    from wsiscale.data.run_state import safe_name
     from wsiscale.pretrain.data import region_files, slide_items
+    from wsiscale.runs.state import safe_name
 
     out = normalize_uri(out)
     files, ids, shape = region_files(regions, cfg.storage)

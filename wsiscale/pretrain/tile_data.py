@@ -30,8 +30,8 @@ CHUNK = 32  # tiles per yielded block
 def tile_files(tiles: str, storage: Any = None) -> tuple[list[RegionFile], list[str], int]:
     """``(files, slide_ids, tile_size)`` of a tiling run with pixels (``first_region`` = first tile)."""
     from wsiscale.config import ConfigError
-    from wsiscale.data.shards import read_parquet
     from wsiscale.data.tiles import pixel_mode_of
+    from wsiscale.runs.shards import read_parquet
 
     files, ids = run_files(tiles, storage, "tiles", "run `wsiscale tile --set ingest.pixels=jpeg` first")
     head = read_parquet(files[0].uri, storage)
@@ -43,9 +43,9 @@ def tile_files(tiles: str, storage: Any = None) -> tuple[list[RegionFile], list[
 
 
 def _view_batches(batch: dict[str, np.ndarray], storage: Any, views: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    from wsiscale.data.shards import read_parquet
     from wsiscale.data.tiles import decode_image, pixel_mode_of
     from wsiscale.pretrain.tile_augment import tile_multicrop
+    from wsiscale.runs.shards import read_parquet
 
     rng = np.random.default_rng()  # fresh views every epoch (the dataset is re-executed)
     for uri, slide, first in zip(batch["uri"], batch["slide"], batch["first_region"]):

@@ -35,7 +35,7 @@ def load_text(uri: str, storage: Any = None) -> str | None:
 def stage_failures(run: str, storage: Any = None) -> list[dict[str, Any]]:
     """Every failed slide of the run's tiling and embedding stages: ``stage, slide_id, uri, error_type,
     message`` (from each run's consolidated ``failures.parquet``)."""
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.shards import read_parquet
 
     out = []
     for stage, sub in FAILURE_SOURCES:
@@ -50,7 +50,7 @@ def stage_failures(run: str, storage: Any = None) -> list[dict[str, Any]]:
 
 def pretrain_meta(run: str, storage: Any = None) -> dict[str, Any] | None:
     """``meta.json`` of the newest pretraining checkpoint (``history``, ``evaluations``, ``metrics``)."""
-    from wsiscale.data.shards import list_names
+    from wsiscale.runs.shards import list_names
 
     base = join_uri(run, "pretrain", "pretrain")
     metas = [read_json(join_uri(base, n, "meta.json"), storage)
@@ -61,7 +61,7 @@ def pretrain_meta(run: str, storage: Any = None) -> dict[str, Any] | None:
 
 def read_neighbours(index: str, storage: Any = None) -> dict[str, list[tuple[str, float]]]:
     """``slide_id -> [(neighbour, score), ...]`` from ``<index>/neighbours.parquet`` ({} when absent)."""
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.shards import read_parquet
 
     try:
         t = read_parquet(join_uri(index, "neighbours.parquet"), storage)
@@ -87,7 +87,7 @@ def read_slides(manifest: str, label_column: str, storage: Any = None) -> dict[s
 
 def slide_prototypes(index: str, slide_ids: list[str], storage: Any = None) -> dict[str, np.ndarray]:
     """``slide_id -> [m, D]`` prototypes of the given slides from ``<index>/prototypes`` (others not read)."""
-    from wsiscale.data.shards import read_parquet
+    from wsiscale.runs.shards import read_parquet
 
     meta = read_json(join_uri(index, "index.json"), storage)
     if not meta or not slide_ids:
@@ -107,21 +107,21 @@ def slide_tile_vectors(embeddings: str, slide_ids: list[str], storage: Any = Non
                        ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``slide_id -> (x [n], y [n], vectors [n, D])``: level-0 tile corners and tile embeddings of the
     given slides of a tiles-mode embedding run."""
-    from wsiscale.data.run_state import RunState
-    from wsiscale.data.shards import read_parquet
     from wsiscale.index.sources import table_vectors
+    from wsiscale.runs.embedding_run import EmbeddingRun
+    from wsiscale.runs.shards import read_parquet
 
-    state = RunState(embeddings, storage, data_dir="embeddings")
-    slides = state.read_table("slides.parquet")
-    if slides is None:
+    try:
+        run = EmbeddingRun(embeddings, storage)
+    except FileNotFoundError:
         return {}
     want, out = set(slide_ids), {}
-    for row in slides.select(["slide_id", "shards"]).to_pylist():
+    for row in run.table.select(["slide_id", "shards"]).to_pylist():
         if row["slide_id"] not in want:
             continue
         xs, ys, vs = [], [], []
         for s in json.loads(row["shards"]):
-            uri = state.absolute(s["path"])
+            uri = run.absolute(s["path"])
             t = read_parquet(uri, storage)
             if "x" not in t.column_names or not t.num_rows:
                 continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsiscale.io.errors import BackendUnavailableError
 from wsiscale.io.backends.openslide_reader import OpenSlideAPISlide
+from wsiscale.io.errors import BackendUnavailableError
 from wsiscale.io.uri import is_local, local_path, scheme_of, storage_options
 
 

@@ -13,7 +13,7 @@ Layout of a run directory (any URI)::
 ``<name>`` is the slide id made safe for file names (:func:`safe_name`).
 A slide counts as complete only when its done record exists; the record
 lists its exact shards. Shard names and boundaries are deterministic (row
-counts, see :class:`~wsiscale.data.shards.ShardWriter`), so attempts at the
+counts, see :class:`~wsiscale.runs.shards.ShardWriter`), so attempts at the
 same slide - a retry after an actor died, or two attempts racing - write the
 same files with the same rows and never delete each other's work: after the
 done record, only files that the record does not list are removed (left
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from wsiscale.data.shards import list_names, parquet_bytes, read_parquet, remove_uris
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
+from wsiscale.runs.shards import list_names, parquet_bytes, read_parquet, remove_uris
 
 if TYPE_CHECKING:
     from wsiscale.config import StorageConfig
