@@ -81,7 +81,8 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="tiling run directory (default: embed.source); omit to tile the manifest on the fly")
     p.add_argument("--manifest", help="manifest URI when there is no source (default: embed.manifest, "
                                       "ingest.manifest or <output>/manifest.parquet)")
-    p.add_argument("--out", help="run directory (default: <output>/embeddings)")
+    p.add_argument("--out", help="run directory (default: <output>/embeddings, or <output>/regions with "
+                                 "embed.mode=regions)")
 
 
 def check_encoder(cfg: WsiscaleConfig) -> None:

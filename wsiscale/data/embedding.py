@@ -45,6 +45,7 @@ from wsiscale.io.tiling import TilePlan, read_tile
 from wsiscale.io.uri import filesystem, join_uri, normalize_uri, write_bytes_atomic
 from wsiscale.models.preprocess import resize_tiles
 from wsiscale.runs.config_file import save_config
+from wsiscale.runs.layout import RunLayout
 from wsiscale.runs.shards import list_names, parquet_bytes, read_parquet, remove_uris
 from wsiscale.runs.state import RunState, safe_name
 
@@ -437,7 +438,7 @@ def _inputs(cfg: WsiscaleConfig, source: str | None, manifest: str | None) -> tu
         table = pa.table({"uri": slides.column("uri"), "slide_id": slides.column("slide_id"),
                           "shards": slides.column("shards"), "pixels": pa.array(pixels, pa.string())})
         return table, src.uri
-    uri = normalize_uri(manifest or cfg.embed.manifest or cfg.ingest.manifest or join_uri(cfg.output, "manifest.parquet"))
+    uri = normalize_uri(manifest or cfg.embed.manifest or cfg.ingest.manifest or RunLayout(cfg.output).manifest)
     return read_manifest(uri, cfg.storage), uri
 
 
@@ -476,7 +477,8 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     if source:
         cfg.embed.source = normalize_uri(source)
     table, input_uri = _inputs(cfg, source, manifest)
-    out_uri = normalize_uri(out or join_uri(cfg.output, "embeddings"))
+    layout = RunLayout(cfg.output)
+    out_uri = normalize_uri(out or (layout.regions if cfg.embed.mode == "regions" else layout.embeddings))
     state = embed_state(out_uri, cfg)
     _check_settings(state, cfg)
     save_config(cfg, out_uri)

@@ -41,6 +41,7 @@ from wsiscale.io.manifest import read_manifest
 from wsiscale.io.passthrough import JpegTileSource
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
 from wsiscale.runs.config_file import read_saved_config, save_config
+from wsiscale.runs.layout import RunLayout
 from wsiscale.runs.shards import ShardWriter
 from wsiscale.runs.state import RunState, safe_name
 
@@ -374,8 +375,8 @@ def run_tiling(
     from wsiscale.progress import progress_bar
     from wsiscale.runtime import configure_ray_data, start_ray
 
-    manifest_uri = normalize_uri(manifest or cfg.ingest.manifest or join_uri(cfg.output, "manifest.parquet"))
-    out_uri = normalize_uri(out or join_uri(cfg.output, "tiles"))
+    manifest_uri = normalize_uri(manifest or cfg.ingest.manifest or RunLayout(cfg.output).manifest)
+    out_uri = normalize_uri(out or RunLayout(cfg.output).tiles)
     table = read_manifest(manifest_uri, cfg.storage)
     state = RunState(out_uri, cfg.storage)
     _check_same_settings(state, cfg)

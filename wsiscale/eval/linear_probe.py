@@ -323,9 +323,11 @@ def probe_paths(cfg: "WsiscaleConfig", vectors: str | None, labels: str | None,
     """``(vectors, labels, out)``, defaulting to ``<output>/gigassl/vectors/slide_vectors.parquet``,
     ``<output>/manifest.parquet`` and ``<output>/linear-probe``."""
     from wsiscale.io.uri import join_uri
+    from wsiscale.runs.layout import RunLayout
 
-    return (vectors or join_uri(cfg.output, "gigassl", "vectors", "slide_vectors.parquet"),
-            labels or join_uri(cfg.output, "manifest.parquet"), out or join_uri(cfg.output, "linear-probe"))
+    layout = RunLayout(cfg.output)
+    return (vectors or join_uri(layout.gigassl, "vectors", "slide_vectors.parquet"), labels or layout.manifest,
+            out or layout.linear_probe)
 
 
 def _examples(ids: set[str], k: int = 5) -> list[str]:

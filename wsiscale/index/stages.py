@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from wsiscale.config import WsiscaleConfig
-from wsiscale.io.uri import join_uri
 from wsiscale.runs.config_file import save_config
+from wsiscale.runs.layout import RunLayout
 from wsiscale.runtime import ray_session
 
 
@@ -25,8 +25,8 @@ def run_cluster(cfg: WsiscaleConfig, embeddings: str | None = None, out: str | N
     from wsiscale.index.slides import cluster_embeddings
 
     ix = cfg.index
-    embeddings = embeddings or join_uri(cfg.output, "embeddings")
-    out = out or join_uri(cfg.output, "clusters")
+    embeddings = embeddings or RunLayout(cfg.output).embeddings
+    out = out or RunLayout(cfg.output).clusters
     with ray_session(cfg):
         meta = cluster_embeddings(embeddings, out, k=k or ix.kmeans_k, iters=ix.kmeans_iters,
                                   restarts=ix.kmeans_restarts, shards=shards or ix.shards,
@@ -43,8 +43,8 @@ def run_slide_index(cfg: WsiscaleConfig, embeddings: str | None = None, out: str
     from wsiscale.index.slides import build_slide_index, write_neighbours
 
     ix = cfg.index
-    embeddings = embeddings or join_uri(cfg.output, "embeddings")
-    out = out or join_uri(cfg.output, "slide-index")
+    embeddings = embeddings or RunLayout(cfg.output).embeddings
+    out = out or RunLayout(cfg.output).slide_index
     with ray_session(cfg):
         meta = build_slide_index(embeddings, out, m=m or ix.prototypes_per_slide, iters=ix.kmeans_iters,
                                  min_vectors=ix.min_regions_per_slide if min_vectors is None else min_vectors,

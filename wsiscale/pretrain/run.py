@@ -54,15 +54,6 @@ def _inputs(cfg: WsiscaleConfig, source: str, targets: str) -> tuple[list, list[
     return files, slide_ids, shape, region_dataset(files, shape, cfg.storage, targets, p.seed)
 
 
-def pretrain_source(cfg: WsiscaleConfig, tiles: str | None = None, embeddings: str | None = None) -> str:
-    """The input of ``wsiscale pretrain`` / ``jobs/pretrain.py``: ``tiles`` (sets ``pretrain.level=patch``),
-    ``embeddings``, or the default run under ``cfg.output`` for the level."""
-    if tiles:
-        cfg.pretrain.level = "patch"
-    default = join_uri(cfg.output, "tiles" if cfg.pretrain.level == "patch" else "embeddings-regions")
-    return tiles or embeddings or default
-
-
 def run_pretraining(cfg: WsiscaleConfig, source: str, out: str) -> dict[str, Any]:
     """Pretrain with DINO (or SLPD) on ``source`` (regions-mode embedding run or tiling run); returns a summary."""
     from wsiscale.pretrain.loop import train_loop_per_worker
