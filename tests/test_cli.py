@@ -27,13 +27,55 @@ def test_info_table_and_bad_slide(slide_path, tmp_path):
     exe = [sys.executable, "-m", "wsiscale.cli"]
     res = subprocess.run([*exe, "info", str(slide_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    out = res.stdout + res.stderr
-    assert "6144 x 5120" in out and "aperio" in out and "tissue fraction" in out
+    # the table is the result: on stdout (`wsiscale info slide.svs | grep mpp` finds it), none of it on stderr
+    assert "6144 x 5120" in res.stdout and "aperio" in res.stdout and "tissue fraction" in res.stdout
+    assert "6144 x 5120" not in res.stderr
     bad = tmp_path / "bad.svs"
     bad.write_text("not a slide")
     res = subprocess.run([*exe, "info", str(bad)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2
-    assert "not a TIFF" in res.stdout + res.stderr
+    assert res.returncode == 2 and res.stdout == ""
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "not a TIFF" in errors[0] and str(bad) in errors[0], res.stderr  # one line
+
+
+def test_version_help_and_json_everywhere(capsys):
+    """``--version``, a readable top-level help naming every command, and ``--json`` on every command."""
+    from importlib.metadata import version
+
+    from wsiscale.cli import CLI_COMMANDS, build_parser
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"wsiscale {version('wsiscale')}"
+    text = build_parser().format_help()
+    assert "exit codes: 0 done, 1 incomplete, 2 bad input" in text
+    for command in CLI_COMMANDS:
+        assert command.words[0] in text, command.name
+        with pytest.raises(SystemExit):
+            main([*command.words, "--help"])
+        assert "--json" in capsys.readouterr().out, command.name
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_failed_slides_exit_0_or_1_with_strict_and_show_in_json(cohort, tmp_path, capsys):
+    """A batch with a corrupt slide finishes (exit 0) and says so in its JSON; with --strict it exits 1."""
+    _, manifest = cohort
+    rows = pq.read_table(manifest).slice(0, 2).to_pylist()
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 64)
+    rows.append({**rows[0], "slide_id": "broken", "uri": bad.as_uri()})
+    import pyarrow as pa
+
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), mixed)
+    sets = ["--pixels", "none", "--set", "ingest.actors=[1,1]", "--set", "ingest.ray_progress=false",
+            "--set", "ingest.memory_gb_per_actor=0.5"]
+    assert main(["tile", "--manifest", str(mixed), "--out", str(tmp_path / "run"), "--json", *sets]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["slides"]["done"] == 2 and doc["slides"]["failed"] == 1
+    assert [f["slide_id"] for f in doc["failures"]] == ["broken"]
+    assert main(["tile", "--manifest", str(mixed), "--out", str(tmp_path / "run"), "--strict", *sets]) == 1
+    assert "1 failed" in capsys.readouterr().out  # the table, on stdout
 
 
 def test_config_errors_exit_cleanly(capsys):

@@ -43,8 +43,8 @@ def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, sli
             row.update(tiles=len(plan), tile_level=plan.level, tile_read_size=plan.read_size, tile_mpp=plan.effective_mpp)
             region_cfg = TilingConfig(**(cfg.tiling.model_dump() | {"tile_size": REGION_SIZE, "stride": None}))
             row["regions"] = len(plan_tiles(slide, region_cfg, tissue))
-    except SlideError as exc:
-        log.warning("%s", exc)
+    except SlideError as exc:  # the caller shows it (one line per slide): not logged here as well
+        log.debug("%s", exc)
         row["error"] = str(exc)
     row["seconds"] = time.perf_counter() - t0
     return row
