@@ -83,6 +83,9 @@ def test_pipeline_stages_must_be_known_distinct_and_in_order():
     from wsiscale.config import ConfigError
 
     assert load_job_config(None, ["pipeline.stages=[index,evaluate]"]).pipeline.stages == ["index", "evaluate"]
+    default = load_job_config(None, []).pipeline.stages  # the method stages run only when named
+    assert "mil" not in default and "five" not in default and default[-1] == "report"
+    assert load_job_config(None, ["pipeline.stages=[embed,mil,gigassl,five]"]).pipeline.stages[-1] == "five"
     for bad in ("[evaluate,index]", "[tile,tile]", "[]", "[cluster]"):
         with pytest.raises(ConfigError, match="pipeline.stages"):
             load_job_config(None, [f"pipeline.stages={bad}"])
@@ -247,3 +250,27 @@ def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path
         assert again[name]["slides"]["skipped_already_done"] == 4, (name, again[name])
     assert again["pretrain"]["metrics"]["step"] == stages["pretrain"]["metrics"]["step"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_pipeline_mil_stage_trains_the_command_s_model(tmp_path):
+    """The pipeline's mil stage runs `wsiscale train-mil`'s code on <output>/embeddings with the manifest's labels:
+    its pipeline.json figures are the results.json of that run, and the chance level is stated beside them."""
+    from mil_cohort import MilCohortSpec, write_mil_cohort
+
+    import jobs.pipeline as job
+
+    spec = MilCohortSpec(slides_per_label=6, cells=10, salient_share=0.5)
+    spec.layout.tumour_fraction = (0.2, 0.3)
+    run, manifest, _ = write_mil_cohort(tmp_path / "cohort", spec, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "embeddings").symlink_to(run)  # the embed stage's output, as the pipeline lays it out
+    sets = ["mil.method=abmil", "mil.folds=2", "mil.epochs=3", "mil.heatmaps=0", "mil.projection_dim=16",
+            "mil.hidden_dim=16", "mil.attention_dim=8", "mil.cpus_per_worker=0.5", "pipeline.stages=[mil]",
+            f"output={out}", "ray.address=null"]
+    assert job.main(["--manifest", str(manifest), *[a for s in sets for a in ("--set", s)]]) == 0
+    stage = json.loads((out / "pipeline.json").read_text())["stages"]["mil"]
+    results = json.loads((out / "mil-abmil" / "results.json").read_text())
+    assert stage["status"] == "done" and stage["slides"] == results["slides"] == 12 and stage["folds"] == 2
+    assert stage["metrics"] == {k: v["mean"] for k, v in results["summary"].items()} and stage["chance_auc"] == 0.5

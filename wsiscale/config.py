@@ -464,20 +464,26 @@ class EvalConfig(_Section):
         return value
 
 
-PipelineStage = Literal["tile", "embed", "regions", "pretrain", "features", "index", "evaluate", "report"]
+PipelineStage = Literal["tile", "embed", "regions", "pretrain", "features", "index", "evaluate", "mil", "gigassl",
+                        "five", "report"]
 PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)  # in pipeline order
+#: What ``pipeline.stages`` runs unless told: the SLPD chain and its report (mil, gigassl, five are opt-in).
+DEFAULT_PIPELINE_STAGES: tuple[str, ...] = tuple(s for s in PIPELINE_STAGES if s not in ("mil", "gigassl", "five"))
 
 
 class PipelineConfig(_Section):
     """``jobs/pipeline.py``: the whole chain from one config (see wsiscale/pipeline.py, docs/pipeline.md)."""
 
     stages: list[PipelineStage] = Field(
-        default_factory=lambda: list(PIPELINE_STAGES),
+        default_factory=lambda: list(DEFAULT_PIPELINE_STAGES),
         description="stages to run, in this order: tile (manifest -> tile shards), embed (tiles -> tile "
                     "embeddings), regions (manifest -> regions-mode patch grids), pretrain (SLPD/DINO on the "
                     "regions), features (the pretrained region encoder's features of every region), index "
                     "(k-means + per-slide prototypes + slide neighbours), evaluate (retrieval and linear probe on "
-                    "the manifest's labels), report (<output>/report.html)")
+                    "the manifest's labels), mil (k-fold MIL on the tile embeddings and the manifest's labels, "
+                    "mil.method), gigassl (Giga-SSL slide vectors; needs embed.augmentations > 0), five (FiVE on the "
+                    "manifest's reports, zero-/few-shot), report (<output>/report.html); mil, gigassl and five run "
+                    "only when named")
     index_on: Literal["regions", "tiles"] = Field(
         "regions", description="what the index and evaluate stages use: regions = the pretrained encoder's region "
                                "features (SLPD's slide representation, from the features stage), tiles = the patch "

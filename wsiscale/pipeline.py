@@ -16,10 +16,14 @@ index      k-means + per-slide prototypes + slide neighbours      ``<output>/clu
                                                                   ``<output>/slide-index``
 evaluate   retrieval@k and linear probe on the manifest labels    ``<output>/eval``
            (both on ``pipeline.index_on``: region features or tiles)
+mil        k-fold MIL (``mil.method``) on the tile embeddings     ``<output>/mil-<method>``
+gigassl    Giga-SSL slide vectors (``embed.augmentations`` > 0)   ``<output>/gigassl``
+five       FiVE on the manifest's reports, zero-/few-shot         ``<output>/five``
 report     the run report (:mod:`wsiscale.report`)                ``<output>/report.html``
 =========  =====================================================  ==============================
 
-Resubmitting the same job resumes: done slides are skipped by tiling and embedding, training resumes
+``mil``, ``gigassl`` and ``five`` run only when ``pipeline.stages`` names them; every stage calls the
+same code as its command (:mod:`wsiscale.commands`). Resubmitting the same job resumes: done slides are skipped by tiling and embedding, training resumes
 from its last checkpoint, the index and evaluation are recomputed (cheap). ``<output>/pipeline.json``
 is rewritten atomically after every stage with each stage's status, seconds and key figures, so a
 monitor (or a person) can see how far a run got; the resolved config is saved beside it.
@@ -40,7 +44,7 @@ from wsiscale.commands.command import Command
 from wsiscale.commands.evaluation import run_probe, run_report
 from wsiscale.commands.index import run_cluster, run_index
 from wsiscale.commands.ingest import run_embed, run_tile
-from wsiscale.commands.training import run_pretrain
+from wsiscale.commands.training import run_five, run_gigassl, run_mil, run_pretrain
 from wsiscale.config import ConfigError, WsiscaleConfig
 from wsiscale.io.uri import join_uri, normalize_uri, write_bytes_atomic
 from wsiscale.runs.config_file import save_config
@@ -166,9 +170,35 @@ def _stage_report(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
                       k=cfg.pipeline.neighbours)
 
 
+def _stage_mil(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    """k-fold MIL (``mil.method``) on the tile embeddings with the manifest's labels."""
+    doc = run_mil(cfg, embeddings=paths.embeddings, labels=paths.manifest, out=paths.mil(cfg.mil.method))
+    return {"out": paths.mil(cfg.mil.method), "method": doc["method"], "slides": doc["slides"],
+            "folds": len(doc["folds"]), "metrics": {k: v["mean"] for k, v in doc["summary"].items()}, "chance_auc": 0.5}
+
+
+def _stage_gigassl(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    """Giga-SSL on the embed stage's augmented tile embeddings, then one vector per slide."""
+    if not cfg.embed.augmentations:
+        raise ConfigError("the gigassl stage trains on augmented tile embeddings: set embed.augmentations > 0 "
+                          "(the embed stage then writes them; a new output directory if it already ran)")
+    doc = run_gigassl(cfg, embeddings=paths.embeddings, out=paths.gigassl)
+    return {"out": paths.gigassl, "steps": doc["train"]["steps"], "final_loss": doc["train"]["final_loss"],
+            "vectors": doc["embed"]["vectors"], "slides": doc["embed"]["slides"]}
+
+
+def _stage_five(cfg: WsiscaleConfig, paths: Paths) -> dict[str, Any]:
+    """FiVE on the manifest's reports, then zero-shot (and few-shot) on the same slides."""
+    doc = run_five(cfg, embeddings=paths.embeddings, manifest=paths.manifest, out=paths.five)
+    zero = doc["eval"].get("zero_shot", {})
+    return {"out": paths.five, "slides": doc["train"]["slides"], "final_loss": doc["train"]["final"].get("loss"),
+            "zero_shot_accuracy": zero.get("accuracy"), "chance": zero.get("chance")}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[WsiscaleConfig, Paths], dict[str, Any]]] = {
     "tile": _stage_tile, "embed": _stage_embed, "regions": _stage_regions, "pretrain": _stage_pretrain,
-    "features": _stage_features, "index": _stage_index, "evaluate": _stage_evaluate, "report": _stage_report,
+    "features": _stage_features, "index": _stage_index, "evaluate": _stage_evaluate, "mil": _stage_mil,
+    "gigassl": _stage_gigassl, "five": _stage_five, "report": _stage_report,
 }
 
 
@@ -265,6 +295,15 @@ def _pipeline_result(name: str, st: dict[str, Any]) -> str:
         if p.get("kfold_auc") is not None:
             parts.append(f"linear probe AUC {p['kfold_auc']:.3f} (chance 0.5)")
         return "; ".join(parts) or "skipped (see pipeline.json)"
+    if name == "mil":
+        m = st["metrics"]
+        auc = m.get("bag_auc", float("nan"))
+        return f"{st['method']} on {st['slides']} slides, {st['folds']}-fold: bag AUC {auc:.3f} (chance {st['chance_auc']})"
+    if name == "gigassl":
+        return f"{st['slides']} slide vectors after {st['steps']} steps (NT-Xent {st['final_loss']:.3f})"
+    if name == "five":
+        return (f"{st['slides']} reported slides; zero-shot accuracy {st['zero_shot_accuracy']:.3f} "
+                f"(chance {st['chance']:.3f})")
     return ""
 
 
