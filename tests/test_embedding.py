@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from wsiscale.config import TilingConfig, WsiscaleConfig
-from wsiscale.data.embedding import read_embeddings, region_patch_plan, run_embedding
+from wsiscale.data.embedding import read_embeddings, run_embedding
 from wsiscale.data.readers import read_tile_table, tile_images
 from wsiscale.data.tiling import run_tiling
 from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles, read_tile
+from wsiscale.io.planning import plan_region_patches
 from wsiscale.models.encoders import load_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -135,7 +136,7 @@ def test_regions_mode_shapes_and_coordinates(cohort, tmp_path):
         regions = plan_tiles(s, TilingConfig(mpp=0.5, tile_size=1024), detect_slide_tissue(s, cfg.tissue))
         assert out.num_rows == len(regions) > 0
         assert out.column("x").to_pylist() == regions.x.tolist() and out.column("y").to_pylist() == regions.y.tolist()
-        patches = region_patch_plan(regions, 4)
+        patches = plan_region_patches(regions, 4)
         assert len(patches) == 16 * len(regions) and patches.tile_size == 256
         # patch (row i, col j) of region r sits at the region corner + (j, i) * 256
         r, i, j = len(regions) // 2, 1, 3

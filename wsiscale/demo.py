@@ -108,7 +108,7 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> dic
     labels = {r["slide_id"]: r["label_name"] for r in table}
     rows.sort(key=lambda r: r["slide_id"])
 
-    t = Table(title=f"{len(rows)} slides - tiles {cfg.tiling.tile_size}px and regions 4096px at {cfg.tiling.mpp} um/px")
+    t = Table(title=f"{len(rows)} slides - tiles {cfg.tiling.tile_size}px and regions {cfg.embed.region_size}px at {cfg.tiling.mpp} um/px")
     for col in ("slide", "label", "size", "levels", "mpp", "tissue", "tiles", "regions", "reader"):
         t.add_column(col, justify="right" if col in {"mpp", "tissue", "tiles", "regions"} else "left")
     for r in rows:

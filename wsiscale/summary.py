@@ -6,14 +6,11 @@ import logging
 import time
 from typing import Any
 
-from wsiscale.config import TilingConfig, WsiscaleConfig
-from wsiscale.io import SlideError, detect_slide_tissue, open_slide, plan_tiles
+from wsiscale.config import WsiscaleConfig
+from wsiscale.io import SlideError
+from wsiscale.io.planning import open_planned, plan_regions
 
 log = logging.getLogger(__name__)
-
-#: SLPD/HIPT regions: 4096 px at the tiling mpp.
-REGION_SIZE = 4096
-
 
 def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, slide_id: str | None = None) -> dict[str, Any]:
     """Open a slide, detect tissue and plan its tiles and regions.
@@ -24,8 +21,7 @@ def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, sli
     row: dict[str, Any] = {"uri": uri, "slide_id": slide_id or uri.rsplit("/", 1)[-1], "error": None}
     t0 = time.perf_counter()
     try:
-        with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
-                        cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
+        with open_planned(uri, cfg, mpp) as (slide, tissue, plan):
             info = slide.info()
             row.update(
                 backend=info.backend,
@@ -37,12 +33,10 @@ def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, sli
                 mpp=info.mpp[0] if info.mpp else None,
                 mpp_source=info.mpp_source,
             )
-            tissue = detect_slide_tissue(slide, cfg.tissue)
             row["tissue_fraction"] = tissue.fraction
-            plan = plan_tiles(slide, cfg.tiling, tissue)
             row.update(tiles=len(plan), tile_level=plan.level, tile_read_size=plan.read_size, tile_mpp=plan.effective_mpp)
-            region_cfg = TilingConfig(**(cfg.tiling.model_dump() | {"tile_size": REGION_SIZE, "stride": None}))
-            row["regions"] = len(plan_tiles(slide, region_cfg, tissue))
+            row["regions"] = len(plan_regions(slide, tissue, cfg))
+            row["region_size"] = cfg.embed.region_size
     except SlideError as exc:  # the caller shows it (one line per slide): not logged here as well
         log.debug("%s", exc)
         row["error"] = str(exc)

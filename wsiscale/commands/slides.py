@@ -54,7 +54,7 @@ def show_info(row: dict[str, Any], out: Console) -> None:
         t.add_row("tissue fraction", f"{row['tissue_fraction']:.3f}")
         t.add_row(f"tiles {tiling['tile_size']}px @ {tiling['mpp']} um/px",
                   f"{row['tiles']} (level {row['tile_level']}, read {row['tile_read_size']} px)")
-        t.add_row(f"regions 4096px @ {tiling['mpp']} um/px", str(row["regions"]))
+        t.add_row(f"regions {row['region_size']}px @ {tiling['mpp']} um/px", str(row["regions"]))
     out.print(t)
 
 

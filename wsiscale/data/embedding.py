@@ -32,13 +32,12 @@ import json
 import logging
 import re
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from wsiscale.config import TilingConfig, WsiscaleConfig
+from wsiscale.config import WsiscaleConfig
 from wsiscale.data.tiles import decode_image
 from wsiscale.data.tiling import _describe_error, _limit_threads, _manifest_blocks, _mpp_value, _now
 from wsiscale.io.tiling import TilePlan, read_tile
@@ -67,25 +66,6 @@ def embed_state(run_uri: str, cfg: WsiscaleConfig) -> RunState:
 # -- stage 1: read + preprocess on CPU actors ------------------------------------------------------
 
 
-def region_patch_plan(region_plan: TilePlan, grid: int) -> TilePlan:
-    """The ``grid x grid`` patches of every region of ``region_plan``, region-major then row-major.
-
-    Patch ``k`` of region ``r`` is tile ``r * grid**2 + k``; its corner is the
-    region corner plus ``(k % grid, k // grid) * extent / grid``.
-    """
-    if region_plan.read_size % grid or region_plan.tile_size % grid:
-        raise ValueError(f"region read size {region_plan.read_size} / tile size {region_plan.tile_size} "
-                         f"is not divisible by the grid {grid}")
-    step = region_plan.extent / grid
-    k = np.arange(grid * grid)
-    dx = np.floor((k % grid) * step + 1e-9).astype(np.int64)
-    dy = np.floor((k // grid) * step + 1e-9).astype(np.int64)
-    x = (region_plan.x[:, None] + dx[None, :]).ravel()
-    y = (region_plan.y[:, None] + dy[None, :]).ravel()
-    return replace(region_plan, tile_size=region_plan.tile_size // grid, read_size=region_plan.read_size // grid,
-                   extent=step, step=step, x=x, y=y, tissue=np.repeat(region_plan.tissue, grid * grid))
-
-
 class TileChunkUDF:
     """Stage 1 (CPU actors): a slide -> chunks of resized uint8 tiles with their tile indices.
 
@@ -106,12 +86,12 @@ class TileChunkUDF:
 
     def _plan(self, slide) -> TilePlan:
         from wsiscale.io import detect_slide_tissue, plan_tiles
+        from wsiscale.io.planning import plan_region_patches, plan_regions
 
         cfg = self.cfg
         tissue = detect_slide_tissue(slide, cfg.tissue)
         if cfg.embed.mode == "regions":
-            region_cfg = TilingConfig(**(cfg.tiling.model_dump() | {"tile_size": cfg.embed.region_size, "stride": None}))
-            return region_patch_plan(plan_tiles(slide, region_cfg, tissue), cfg.embed.region_grid)
+            return plan_region_patches(plan_regions(slide, tissue, cfg), cfg.embed.region_grid)
         return plan_tiles(slide, cfg.tiling, tissue)
 
     def _chunks_from_slide(self, uri: str, slide_id: str, mpp: float | None, coords: pa.Table | None):

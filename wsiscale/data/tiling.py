@@ -92,17 +92,14 @@ def tile_one_slide(uri: str, slide_id: str, mpp: float | None, cfg: WsiscaleConf
     Never raises for a bad slide or a storage error: the returned record has
     ``status`` ``"failed"`` with the error type and a message naming the URI.
     """
-    from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles
+    from wsiscale.io.planning import open_planned
 
     name = safe_name(slide_id)
     attempt = uuid.uuid4().hex[:10]
     t0 = time.perf_counter()
     writer: ShardWriter | None = None
     try:
-        with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
-                        cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
-            tissue = detect_slide_tissue(slide, cfg.tissue)
-            plan = plan_tiles(slide, cfg.tiling, tissue)
+        with open_planned(uri, cfg, mpp) as (slide, tissue, plan):
             ing = cfg.ingest
             writer = ShardWriter(state.slide_dir(name), "part", tile_schema(ing.pixels),
                                  tiles_per_shard(cfg), cfg.storage, compression={"image": "none"})
@@ -247,7 +244,7 @@ class SlideTileStreamUDF:
                 source.close()
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        from wsiscale.io import detect_slide_tissue, open_slide, plan_tiles
+        from wsiscale.io.planning import open_planned
 
         cfg = self.cfg
         mpps = batch.get("mpp")
@@ -255,9 +252,7 @@ class SlideTileStreamUDF:
             uri, slide_id = str(uri), str(slide_id)
             mpp = _mpp_value(mpps[i]) if mpps is not None else None
             try:
-                with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
-                                cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
-                    plan = plan_tiles(slide, cfg.tiling, detect_slide_tissue(slide, cfg.tissue))
+                with open_planned(uri, cfg, mpp) as (slide, _, plan):
                     for out in self._batches(slide, plan, slide_id):
                         n = len(out["x"]) if isinstance(out, dict) else out.num_rows
                         total = np.full(n, len(plan), np.int32)
