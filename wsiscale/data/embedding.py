@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.config import WsiscaleConfig
+from wsiscale.data.slide_stage import StageRun, done_tiles, failure_rows, pending_slides, slide_counts, slide_stage
 from wsiscale.data.tiles import decode_image
 from wsiscale.data.tiling import _describe_error, _limit_threads, _manifest_blocks, _mpp_value, _now
 from wsiscale.io.tiling import TilePlan, read_tile
@@ -445,7 +446,6 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     from wsiscale.data.tiling import _null_progress
     from wsiscale.models.encoders import get_spec
     from wsiscale.progress import progress_bar
-    from wsiscale.runtime import configure_ray_data, start_ray
 
     spec = get_spec(cfg.embed.encoder)
     source = source or cfg.embed.source
@@ -462,65 +462,52 @@ def run_embedding(cfg: WsiscaleConfig, source: str | None = None, manifest: str 
     state = embed_state(out_uri, cfg)
     _check_settings(state, cfg)
     save_config(cfg, out_uri)
-    names = [safe_name(s) for s in table.column("slide_id").to_pylist()]
-    done_before = state.completed()
-    todo = table.filter(pa.array([n not in done_before for n in names]))
+    names, done_before, todo = pending_slides(table, state)
     log.info("%d slides from %s: %d already embedded, %d to embed with %s -> %s", table.num_rows, input_uri,
              len(done_before & set(names)), todo.num_rows, spec.name, out_uri)
     e = cfg.embed
-    tiles = finalized = 0
-    interrupted = None
-    t0 = time.perf_counter()
-    seconds = 0.0
-    if todo.num_rows:
-        started = start_ray(cfg)
-        configure_ray_data(show_progress and cfg.ingest.ray_progress)
-        t0 = time.perf_counter()
-        try:
-            ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks, ("uri", "slide_id", "mpp", "shards", "pixels")))
-            ds = ds.map_batches(
-                TileChunkUDF, batch_size=1,
-                fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri, "input_size": spec.input_size, "dim": spec.dim,
-                                       "source_uri": normalize_uri(source) if source else None},
-                compute=ActorPoolStrategy(min_size=e.reader_actors[0], max_size=e.reader_actors[1],
-                                          max_tasks_in_flight_per_actor=2),
-                num_cpus=e.reader_cpus, memory=int(e.memory_gb_per_actor * 2**30))
-            ds = ds.map_batches(
-                EmbedUDF, batch_size=None, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},
-                compute=ActorPoolStrategy(min_size=e.actors[0], max_size=e.actors[1], max_tasks_in_flight_per_actor=2),
-                num_cpus=e.cpus_per_actor, num_gpus=e.num_gpus_per_actor or None,
-                memory=int(e.memory_gb_per_actor * 2**30))
-            with progress_bar() if show_progress else _null_progress() as bar:
-                task = bar.add_task("embedding", total=todo.num_rows) if bar is not None else None
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    tiles += int(np.sum(batch["hi"] - batch["lo"]))
-                    finalized += int(np.sum(batch["finalized"]))
-                    if bar is not None:
-                        rate = tiles / max(time.perf_counter() - t0, 1e-9)
-                        bar.update(task, completed=finalized, description=f"embedding: {finalized} slides, {tiles:,} tiles, "
-                                                                          f"{rate:,.1f} tiles/s")
-        except BaseException as exc:
-            interrupted = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            seconds = time.perf_counter() - t0
-            try:
-                summary = _finish_embedding(state, cfg, table, names, done_before, tiles, seconds, input_uri, interrupted,
-                                            sweep=interrupted is None)
-            finally:
-                if started:
-                    ray.shutdown()
-    else:
-        summary = _finish_embedding(state, cfg, table, names, done_before, 0, 0.0, input_uri, None, sweep=True)
-    return summary
+    counts = {"tiles": 0, "finalized": 0}
+    result: dict[str, Any] = {}
+
+    def finish(run: StageRun) -> None:
+        result["summary"] = _finish_embedding(state, cfg, table, names, done_before, counts["tiles"], run, input_uri)
+
+    if not todo.num_rows:
+        finish(StageRun(time.perf_counter()))
+        return result["summary"]
+    with slide_stage(cfg, show_progress, finish) as run:
+        ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks,
+                                                  ("uri", "slide_id", "mpp", "shards", "pixels")))
+        ds = ds.map_batches(
+            TileChunkUDF, batch_size=1,
+            fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri, "input_size": spec.input_size, "dim": spec.dim,
+                                   "source_uri": normalize_uri(source) if source else None},
+            compute=ActorPoolStrategy(min_size=e.reader_actors[0], max_size=e.reader_actors[1],
+                                      max_tasks_in_flight_per_actor=2),
+            num_cpus=e.reader_cpus, memory=int(e.memory_gb_per_actor * 2**30))
+        ds = ds.map_batches(
+            EmbedUDF, batch_size=None, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},
+            compute=ActorPoolStrategy(min_size=e.actors[0], max_size=e.actors[1], max_tasks_in_flight_per_actor=2),
+            num_cpus=e.cpus_per_actor, num_gpus=e.num_gpus_per_actor or None,
+            memory=int(e.memory_gb_per_actor * 2**30))
+        with progress_bar() if show_progress else _null_progress() as bar:
+            task = bar.add_task("embedding", total=todo.num_rows) if bar is not None else None
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                counts["tiles"] += int(np.sum(batch["hi"] - batch["lo"]))
+                counts["finalized"] += int(np.sum(batch["finalized"]))
+                if bar is not None:
+                    rate = counts["tiles"] / max(time.perf_counter() - run.t0, 1e-9)
+                    bar.update(task, completed=counts["finalized"], description=(
+                        f"embedding: {counts['finalized']} slides, {counts['tiles']:,} tiles, {rate:,.1f} tiles/s"))
+    return result["summary"]
 
 
 def _finish_embedding(state: RunState, cfg: WsiscaleConfig, table: pa.Table, names: list[str], done_before: set[str],
-                      tiles: int, seconds: float, input_uri: str, interrupted: str | None, sweep: bool) -> dict[str, Any]:
+                      tiles: int, run: StageRun, input_uri: str) -> dict[str, Any]:
     """Merge slides whose parts are complete, consolidate records, write ``run_summary.json``."""
     done = state.completed()
     failed = state.failed()
-    if sweep:  # slides whose last chunks raced, or whose merge was interrupted
+    if run.interrupted is None:  # sweep slides whose last chunks raced, or whose merge was interrupted
         for slide_id, uri, name in zip(table.column("slide_id").to_pylist(), table.column("uri").to_pylist(), names):
             if name in done or name in failed:
                 continue
@@ -530,20 +517,14 @@ def _finish_embedding(state: RunState, cfg: WsiscaleConfig, table: pa.Table, nam
             if parts:
                 log.warning("%s: only part of its tiles were embedded; it will be redone on the next run", uri)
     slides, failures = state.consolidate()
-    wanted = set(names)
-    slide_names = set(slides.column("name").to_pylist())
-    failed_names = set(failures.column("name").to_pylist()) & wanted
+    seconds = run.seconds
     summary = {
         "run": state.uri, "input": input_uri, "encoder": cfg.embed.encoder, "mode": cfg.embed.mode,
-        "finished_at": _now(), "interrupted": interrupted,
-        "slides": {"total": len(names), "done": len(slide_names & wanted), "skipped_already_done": len(done_before & wanted),
-                   "done_this_run": len((slide_names - done_before) & wanted), "failed": len(failed_names),
-                   "pending": len(wanted - slide_names - failed_names)},
-        "tiles": {"this_run": tiles, "total": int(sum(t or 0 for n, t in zip(slides.column("name").to_pylist(),
-                                                                              slides.column("tiles").to_pylist()) if n in wanted))},
+        "finished_at": _now(), "interrupted": run.interrupted,
+        "slides": slide_counts(names, done_before, slides, failures),
+        "tiles": {"this_run": tiles, "total": done_tiles(names, slides)},
         "seconds": seconds, "tiles_per_s": tiles / seconds if seconds > 0 else 0.0,
-        "failures": [{"slide_id": r["slide_id"], "uri": r["uri"], "error_type": r["error_type"], "message": r["message"]}
-                     for r in failures.to_pylist() if r["name"] in wanted][:100],
+        "failures": failure_rows(failures, names),
     }
     write_bytes_atomic(join_uri(state.uri, "run_summary.json"), json.dumps(summary, indent=1).encode(), state.storage)
     return summary

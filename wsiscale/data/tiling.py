@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsiscale.config import WsiscaleConfig
+from wsiscale.data.slide_stage import StageRun, done_tiles, failure_rows, pending_slides, slide_counts, slide_stage
 from wsiscale.data.tiles import iter_tile_arrays, iter_tile_tables, tile_schema
 from wsiscale.io.errors import SlideError
 from wsiscale.io.manifest import read_manifest
@@ -368,7 +369,6 @@ def run_tiling(
     (total, done, skipped as already done, failed), tiles, throughput and the failures.
     """
     from wsiscale.progress import progress_bar
-    from wsiscale.runtime import configure_ray_data, start_ray
 
     manifest_uri = normalize_uri(manifest or cfg.ingest.manifest or RunLayout(cfg.output).manifest)
     out_uri = normalize_uri(out or RunLayout(cfg.output).tiles)
@@ -377,57 +377,46 @@ def run_tiling(
     _check_same_settings(state, cfg)
     save_config(cfg, out_uri)
 
-    names = [safe_name(s) for s in table.column("slide_id").to_pylist()]
-    done_before = state.completed()
-    skip = done_before | (set() if cfg.ingest.retry_failed else state.failed())
-    todo_mask = pa.array([n not in skip for n in names])
-    todo = table.filter(todo_mask)
+    names, done_before, todo = pending_slides(table, state, cfg.ingest.retry_failed)
     log.info("%d slides in %s: %d already complete, %d to tile -> %s", table.num_rows, manifest_uri,
              len(done_before & set(names)), todo.num_rows, out_uri)
 
     records: dict[str, dict[str, Any]] = {}  # by slide name: attempts may repeat
-    interrupted: str | None = None
-    if todo.num_rows:
-        import ray
+    result: dict[str, Any] = {}
 
-        started = start_ray(cfg)
-        t0 = time.perf_counter()  # throughput excludes starting a local Ray, includes starting actors
-        configure_ray_data(show_progress and cfg.ingest.ray_progress)
-        try:
-            ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks))
-            ds = ds.map_batches(SlideTilerUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},
-                                batch_size=1, **_pool_kwargs(cfg))
-            tiles = failed = 0
-            with progress_bar() if show_progress else _null_progress() as bar:
-                task = bar.add_task("tiling", total=todo.num_rows) if bar is not None else None
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    for row in batch.to_pylist():
-                        rec = json.loads(row["record"])
-                        prev = records.get(rec["name"])
-                        if prev is not None and prev["status"] == "done":
-                            continue  # a retried/raced attempt of a completed slide: same shards, count once
-                        records[rec["name"]] = rec
-                        failed -= prev is not None  # only a failed attempt is ever replaced
-                        if rec["status"] == "done":
-                            tiles += rec["tiles"]
-                        else:
-                            failed += 1
-                        if bar is not None:
-                            rate = tiles / max(time.perf_counter() - t0, 1e-9)
-                            bar.update(task, completed=len(records), description=(
-                                f"tiling: {len(records) - failed} done, {failed} failed, {tiles:,} tiles, {rate:,.0f} tiles/s"))
-        except BaseException as exc:  # still consolidate what finished, then re-raise
-            interrupted = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            seconds = time.perf_counter() - t0
-            summary = _finish(state, cfg, table, names, done_before, list(records.values()), seconds, manifest_uri,
-                              interrupted)
-            if started:
-                ray.shutdown()
-    else:
-        summary = _finish(state, cfg, table, names, done_before, [], 0.0, manifest_uri, None)
-    return summary
+    def finish(run: StageRun) -> None:
+        result["summary"] = _finish(state, cfg, names, done_before, list(records.values()), run, manifest_uri)
+
+    if not todo.num_rows:
+        finish(StageRun(time.perf_counter()))
+        return result["summary"]
+    import ray
+
+    with slide_stage(cfg, show_progress, finish) as run:
+        ds = ray.data.from_arrow(_manifest_blocks(todo, cfg.ingest.max_blocks))
+        ds = ds.map_batches(SlideTilerUDF, fn_constructor_kwargs={"cfg": cfg, "run_uri": out_uri},
+                            batch_size=1, **_pool_kwargs(cfg))
+        tiles = failed = 0
+        with progress_bar() if show_progress else _null_progress() as bar:
+            task = bar.add_task("tiling", total=todo.num_rows) if bar is not None else None
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    rec = json.loads(row["record"])
+                    prev = records.get(rec["name"])
+                    if prev is not None and prev["status"] == "done":
+                        continue  # a retried/raced attempt of a completed slide: same shards, count once
+                    records[rec["name"]] = rec
+                    failed -= prev is not None  # only a failed attempt is ever replaced
+                    if rec["status"] == "done":
+                        tiles += rec["tiles"]
+                    else:
+                        failed += 1
+                    if bar is not None:
+                        rate = tiles / max(time.perf_counter() - run.t0, 1e-9)
+                        bar.update(task, completed=len(records), description=(
+                            f"tiling: {len(records) - failed} done, {failed} failed, {tiles:,} tiles, "
+                            f"{rate:,.0f} tiles/s"))
+    return result["summary"]
 
 
 class _null_progress:
@@ -438,43 +427,27 @@ class _null_progress:
         return False
 
 
-def _finish(state: RunState, cfg: WsiscaleConfig, table: pa.Table, names: list[str], done_before: set[str],
-            records: list[dict[str, Any]], seconds: float, manifest_uri: str, interrupted: str | None) -> dict[str, Any]:
+def _finish(state: RunState, cfg: WsiscaleConfig, names: list[str], done_before: set[str],
+            records: list[dict[str, Any]], run: StageRun, manifest_uri: str) -> dict[str, Any]:
     """Consolidate records, write ``run_summary.json``; returns the summary."""
-    slides, failures = state.consolidate([r for r in records if r["status"] == "done"])
-    wanted = set(names)
-    slide_names = set(slides.column("name").to_pylist())
     done_now = [r for r in records if r["status"] == "done"]
-    failed_names = set(failures.column("name").to_pylist()) & wanted
+    slides, failures = state.consolidate(done_now)
     tiles_now = sum(r["tiles"] or 0 for r in done_now)
+    seconds = run.seconds
     summary = {
         "run": state.uri,
         "manifest": manifest_uri,
         "finished_at": _now(),
-        "interrupted": interrupted,
-        "slides": {
-            "total": len(names),
-            "done": len(slide_names & wanted),
-            "skipped_already_done": len(done_before & wanted),
-            "done_this_run": len(done_now),
-            "failed": len(failed_names),
-            "pending": len(wanted - slide_names - failed_names),
-        },
-        "tiles": {
-            "total": int(sum(t for n, t in zip(slides.column("name").to_pylist(), slides.column("tiles").to_pylist())
-                             if n in wanted)),
-            "this_run": tiles_now,
-        },
+        "interrupted": run.interrupted,
+        "slides": slide_counts(names, done_before, slides, failures, done_this_run=len(done_now)),
+        "tiles": {"total": done_tiles(names, slides), "this_run": tiles_now},
         "seconds": seconds,
         "tiles_per_s": tiles_now / seconds if seconds > 0 else 0.0,
         "slides_per_s": len(records) / seconds if seconds > 0 else 0.0,
         "pixels": cfg.ingest.pixels,
         "tiling": cfg.tiling.model_dump(),
         "actors": list(cfg.ingest.actors),
-        "failures": [
-            {"slide_id": r["slide_id"], "uri": r["uri"], "error_type": r["error_type"], "message": r["message"]}
-            for r in failures.to_pylist() if r["name"] in wanted
-        ][:100],
+        "failures": failure_rows(failures, names),
     }
     write_bytes_atomic(join_uri(state.uri, "run_summary.json"), json.dumps(summary, indent=1).encode(), state.storage)
     return summary
