@@ -107,6 +107,7 @@ def run_region_features(cfg: WsiscaleConfig, regions: str, encoder_dir: str, out
     import ray
 
     from wsiscale.data.embedding import embed_state
+    from wsiscale.data.slide_stage import slide_counts
     from wsiscale.pretrain.data import region_files, slide_items
     from wsiscale.runs.state import safe_name
 
@@ -139,9 +140,8 @@ def run_region_features(cfg: WsiscaleConfig, regions: str, encoder_dir: str, out
     slides, failures = state.consolidate()
     total = int(sum(slides.column("regions").to_pylist() or [0])) if slides.num_rows else 0
     summary = {"out": out, "encoder": source, "dim": None,
-               "slides": {"total": len(ids), "done": slides.num_rows, "skipped_already_done": len(done_before),
-                          "done_this_run": len(items) - failed, "failed": failures.num_rows,
-                          "pending": len(ids) - slides.num_rows - failures.num_rows},
+               "slides": slide_counts([safe_name(i) for i in ids], done_before, slides, failures,
+                                      done_this_run=len(items) - failed),
                "regions": {"total": total, "this_run": regions_now}, "seconds": time.perf_counter() - t0}
     if slides.num_rows:
         summary["dim"] = int(slides.column("dim")[0].as_py())
