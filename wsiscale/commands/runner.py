@@ -91,6 +91,8 @@ def encoder_error(exc: BaseException) -> Any:
     """
     import re
 
+    from ray.exceptions import RayActorError
+
     from wsiscale.models import errors
 
     seen: set[int] = set()
@@ -103,7 +105,7 @@ def encoder_error(exc: BaseException) -> Any:
         if isinstance(e, errors.EncoderError):  # a RayTaskError subclassing it: report the original exception
             cause = getattr(e, "cause", None)
             return cause if isinstance(cause, errors.EncoderError) else e
-        if type(e).__name__ in ("ActorDiedError", "RayActorError") and getattr(e, "actor_init_failed", False):
+        if isinstance(e, RayActorError) and e.actor_init_failed:
             found = list(re.finditer(r"wsiscale\.models\.(?:encoders|errors)\.(EncoderWeightsError|EncoderError): ",
                                      str(e)))
             if found:
