@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv is None:
         argv = sys.argv[1:]
-    if not any(a.startswith("ray.address") for a in argv):
+    if not any("ray.address" in a for a in argv):  # `--set ray.address=X` or `--set=ray.address=X`
         argv = [*argv, "--set", "ray.address=auto"]  # a job's driver joins the cluster it was submitted to
     return job_main(PIPELINE, argv, "jobs/pipeline.py", "jobs/configs/pipeline.yaml",
                     "tile -> embed -> regions -> pretrain (SLPD) -> index -> evaluate, one config.")

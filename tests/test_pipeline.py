@@ -265,7 +265,7 @@ def test_pipeline_mil_stage_trains_the_command_s_model(tmp_path):
     run, manifest, _ = write_mil_cohort(tmp_path / "cohort", spec, seed=1)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "embeddings").symlink_to(run)  # the embed stage's output, as the pipeline lays it out
+    (out / "embeddings").symlink_to(run.removeprefix("file://"))  # the embed stage's output, where the pipeline looks
     sets = ["mil.method=abmil", "mil.folds=2", "mil.epochs=3", "mil.heatmaps=0", "mil.projection_dim=16",
             "mil.hidden_dim=16", "mil.attention_dim=8", "mil.cpus_per_worker=0.5", "pipeline.stages=[mil]",
             f"output={out}", "ray.address=null"]

@@ -30,7 +30,6 @@ from rich.table import Table
 
 from wsiscale.commands.command import Command
 from wsiscale.commands.ingest import show_embed, show_tile
-from wsiscale.commands.output import results_console
 from wsiscale.commands.training import (
     show_five_eval,
     show_five_train,
@@ -107,39 +106,6 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> dic
             ray.shutdown()
     labels = {r["slide_id"]: r["label_name"] for r in table}
     rows.sort(key=lambda r: r["slide_id"])
-
-    t = Table(title=f"{len(rows)} slides - tiles {cfg.tiling.tile_size}px and regions {cfg.embed.region_size}px at {cfg.tiling.mpp} um/px")
-    for col in ("slide", "label", "size", "levels", "mpp", "tissue", "tiles", "regions", "reader"):
-        t.add_column(col, justify="right" if col in {"mpp", "tissue", "tiles", "regions"} else "left")
-    for r in rows:
-        if r["error"]:
-            t.add_row(r["slide_id"], labels.get(r["slide_id"], ""), "[red]" + r["error"] + "[/red]", *[""] * 6)
-            continue
-        t.add_row(
-            r["slide_id"],
-            labels.get(r["slide_id"], ""),
-            f"{r['width']}x{r['height']}",
-            " / ".join(f"{w}" for w, _ in r["levels"]),
-            f"{r['mpp']:.3f}",
-            f"{r['tissue_fraction']:.2f}",
-            str(r["tiles"]),
-            str(r["regions"]),
-            r["backend"],
-        )
-    out_console = results_console()
-    out_console.print(t)
-    show_tile(tiling, out_console)
-    show_embed(embedding, out_console)
-    _print_index_stage(index, labels, out_console)
-    show_pretrain(pretrain, out_console)
-    if mil is not None:
-        show_mil(mil, out_console)
-    if gigassl is not None:
-        show_gigassl_train(gigassl["train"], out_console)
-        show_gigassl_embed(gigassl["embed"], out_console)
-    if five is not None:
-        show_five_train(five["train"], out_console)
-        show_five_eval(five["eval"], out_console)
     bad_summaries = sum(1 for r in rows if r["error"])
     bad_tiling = tiling["slides"]["failed"] + tiling["slides"]["pending"]
     bad_tiling += embedding["slides"]["failed"] + embedding["slides"]["pending"]
@@ -150,10 +116,12 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> dic
                **{k: gigassl["embed"][k] for k in ("vectors", "bytes_per_slide", "compression_ratio")}},
            "five": None if five is None else {"final_loss": five["train"]["history"][-1]["loss"],
                                               "zero_shot_accuracy": five["eval"]["zero_shot"]["accuracy"]},
-           "failed": bad_summaries + bad_tiling,
+           "failed": bad_summaries + bad_tiling, "labels": labels,
            "seconds": {"synth": t_synth, "total": time.perf_counter() - t0}}
     summary = out / "summary.json"
     summary.write_text(json.dumps(doc, indent=1))
+    doc["results"] = {"mil": mil, "gigassl": gigassl, "five": five, "tiling_config": cfg.tiling.model_dump(),
+                      "region_size": cfg.embed.region_size}  # for show_demo, not in summary.json
     save_config(cfg, str(out))
     console.print(
         f"done in {time.perf_counter() - t0:.1f}s: {len(rows) - bad_summaries} slides summarised, "
@@ -315,9 +283,43 @@ def run_demo_command(cfg: WsiscaleConfig, out: str = "wsiscale-demo", n_slides: 
     return run_demo(cfg, Path(out), n_slides=n_slides)
 
 
+def show_demo(doc: dict[str, Any], out: Console) -> None:
+    """The demo's results: the slide table, then each stage's summary (the stage commands' own printers)."""
+    rows, labels, res = doc["slides"], doc["labels"], doc["results"]
+    tiling = res["tiling_config"]
+    t = Table(title=f"{len(rows)} slides - tiles {tiling['tile_size']}px and regions {res['region_size']}px at "
+                    f"{tiling['mpp']} um/px")
+    for col in ("slide", "label", "size", "levels", "mpp", "tissue", "tiles", "regions", "reader"):
+        t.add_column(col, justify="right" if col in {"mpp", "tissue", "tiles", "regions"} else "left")
+    for r in rows:
+        if r["error"]:
+            t.add_row(r["slide_id"], labels.get(r["slide_id"], ""), "[red]" + r["error"] + "[/red]", *[""] * 6)
+            continue
+        t.add_row(r["slide_id"], labels.get(r["slide_id"], ""), f"{r['width']}x{r['height']}",
+                  " / ".join(f"{w}" for w, _ in r["levels"]), f"{r['mpp']:.3f}", f"{r['tissue_fraction']:.2f}",
+                  str(r["tiles"]), str(r["regions"]), r["backend"])
+    out.print(t)
+    show_tile(doc["tiling"], out)
+    show_embed(doc["embedding"], out)
+    _print_index_stage(doc["index"], labels, out)
+    show_pretrain(doc["pretrain"], out)
+    if res["mil"] is not None:
+        show_mil(res["mil"], out)
+    if res["gigassl"] is not None:
+        show_gigassl_train(res["gigassl"]["train"], out)
+        show_gigassl_embed(res["gigassl"]["embed"], out)
+    if res["five"] is not None:
+        show_five_train(res["five"]["train"], out)
+        show_five_eval(res["five"]["eval"], out)
+
+
+def _demo_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "results"}
+
+
 def _demo_exit(doc: dict[str, Any], strict: bool) -> int:
     return 0 if doc.get("failed", 0) == 0 else 1
 
 
 DEMO = Command(("demo",), "end-to-end demo on a generated cohort with a local Ray", _demo_arguments, run_demo_command,
-               lambda doc, out: None, to_json=lambda doc: doc, exit_code=_demo_exit)
+               show_demo, to_json=_demo_json, exit_code=_demo_exit)

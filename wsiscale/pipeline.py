@@ -300,7 +300,8 @@ def _pipeline_result(name: str, st: dict[str, Any]) -> str:
         auc = m.get("bag_auc", float("nan"))
         return f"{st['method']} on {st['slides']} slides, {st['folds']}-fold: bag AUC {auc:.3f} (chance {st['chance_auc']})"
     if name == "gigassl":
-        return f"{st['slides']} slide vectors after {st['steps']} steps (NT-Xent {st['final_loss']:.3f})"
+        loss = "" if st["final_loss"] is None else f" (NT-Xent {st['final_loss']:.3f})"
+        return f"{st['slides']} slide vectors after {st['steps']} steps{loss}"
     if name == "five":
         return (f"{st['slides']} reported slides; zero-shot accuracy {st['zero_shot_accuracy']:.3f} "
                 f"(chance {st['chance']:.3f})")

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from wsiscale.config import WsiscaleConfig
-from wsiscale.io import SlideError
-from wsiscale.io.planning import open_planned, plan_regions
+from wsiscale.io import SlideError, detect_slide_tissue, plan_tiles
+from wsiscale.io.planning import open_configured, plan_regions
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, sli
     row: dict[str, Any] = {"uri": uri, "slide_id": slide_id or uri.rsplit("/", 1)[-1], "error": None}
     t0 = time.perf_counter()
     try:
-        with open_planned(uri, cfg, mpp) as (slide, tissue, plan):
+        with open_configured(uri, cfg, mpp) as slide:
             info = slide.info()
             row.update(
                 backend=info.backend,
@@ -33,7 +33,10 @@ def summarize_slide(uri: str, cfg: WsiscaleConfig, mpp: float | None = None, sli
                 mpp=info.mpp[0] if info.mpp else None,
                 mpp_source=info.mpp_source,
             )
+            # step by step: a slide without mpp still shows its metadata and tissue, then the error
+            tissue = detect_slide_tissue(slide, cfg.tissue)
             row["tissue_fraction"] = tissue.fraction
+            plan = plan_tiles(slide, cfg.tiling, tissue)
             row.update(tiles=len(plan), tile_level=plan.level, tile_read_size=plan.read_size, tile_mpp=plan.effective_mpp)
             row["regions"] = len(plan_regions(slide, tissue, cfg))
             row["region_size"] = cfg.embed.region_size

@@ -87,11 +87,12 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_encoder(cfg: WsiscaleConfig) -> None:
     """Fail in seconds, before Ray starts: unknown encoder, foundation model without weights, missing local file."""
-    from wsiscale.models.encoders import EncoderWeightsError, get_spec
+    from wsiscale.models.encoders import EncoderWeightsError, exported_encoder, get_spec
 
     spec = get_spec(cfg.embed.encoder)  # EncoderError with the closest registered name
     weights = cfg.embed.weights
-    if weights is None and spec.needs_weights:
+    exported = exported_encoder(cfg.embed.encoder) is not None  # a pretrain run's encoder/: its own weights
+    if weights is None and spec.needs_weights and not exported:
         raise EncoderWeightsError(
             f"encoder {spec.name!r} needs its pretrained weights: set embed.weights to the local checkpoint "
             f"({spec.reference or 'see the model card'}); nothing is downloaded at run time")

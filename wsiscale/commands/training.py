@@ -160,10 +160,11 @@ def run_gigassl(cfg: WsiscaleConfig, embeddings: str | None = None, out: str | N
     """``gigassl train`` then ``gigassl embed`` (vectors in ``<out>/vectors``): ``jobs/gigassl.py``."""
     out = out or RunLayout(cfg.output).gigassl
     doc: dict[str, Any] = {"model": out}
-    if not skip_train:
-        doc["train"] = run_gigassl_train(cfg, embeddings, out)
-    if not skip_embed:
-        doc["embed"] = run_gigassl_embed(cfg, embeddings, out)
+    with ray_session(cfg):  # one Ray for both steps
+        if not skip_train:
+            doc["train"] = run_gigassl_train(cfg, embeddings, out)
+        if not skip_embed:
+            doc["embed"] = run_gigassl_embed(cfg, embeddings, out)
     return doc
 
 
@@ -256,10 +257,11 @@ def run_five(cfg: WsiscaleConfig, embeddings: str | None = None, manifest: str |
     """``train-five`` then ``eval five`` (``jobs/five.py``)."""
     out = out or RunLayout(cfg.output).five
     doc: dict[str, Any] = {"model": out}
-    if not skip_train:
-        doc["train"] = run_five_train(cfg, embeddings, manifest, out)
-    if not skip_eval:
-        doc["eval"] = run_five_eval(cfg, out, eval_embeddings or embeddings, eval_manifest or manifest)
+    with ray_session(cfg):  # one Ray for both steps
+        if not skip_train:
+            doc["train"] = run_five_train(cfg, embeddings, manifest, out)
+        if not skip_eval:
+            doc["eval"] = run_five_eval(cfg, out, eval_embeddings or embeddings, eval_manifest or manifest)
     return doc
 
 

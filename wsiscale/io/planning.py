@@ -1,7 +1,7 @@
 """Open a slide, find its tissue and plan its tiles or regions: the one sequence every stage runs.
 
-:func:`open_planned` is what ``wsiscale info``, tiling, embedding on the fly and the demo's slide
-table do with a slide; :func:`plan_regions` is the one region tiling (SLPD/HIPT regions of
+:func:`open_planned` (:func:`open_configured`, then :func:`plan_slide`) is what ``wsiscale info``,
+tiling, embedding on the fly and the demo's slide table do with a slide; :func:`plan_regions` is the one region tiling (SLPD/HIPT regions of
 ``embed.region_size`` px at ``tiling.mpp``) and :func:`plan_region_patches` its ``g x g`` patches.
 """
 
@@ -23,15 +23,26 @@ if TYPE_CHECKING:
     from wsiscale.io.slide_base import Slide
 
 
+def open_configured(uri: str, cfg: "WsiscaleConfig", mpp: float | None = None) -> "Slide":
+    """``uri`` opened with ``cfg.reader`` (backend, cuCIM import timeout) and ``cfg.storage`` (use as a context
+    manager). Raises :class:`~wsiscale.io.errors.SlideError` subclasses naming the URI."""
+    return open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
+                      cucim_timeout_s=cfg.reader.cucim_import_timeout_s)
+
+
+def plan_slide(slide: "Slide", cfg: "WsiscaleConfig") -> tuple[TissueMask, TilePlan]:
+    """``(tissue, tile plan)`` of an open slide with ``cfg.tissue`` and ``cfg.tiling``."""
+    tissue = detect_slide_tissue(slide, cfg.tissue)
+    return tissue, plan_tiles(slide, cfg.tiling, tissue)
+
+
 @contextmanager
 def open_planned(uri: str, cfg: "WsiscaleConfig", mpp: float | None = None
                  ) -> Iterator[tuple["Slide", TissueMask, TilePlan]]:
-    """``(slide, tissue, tile plan)`` of ``uri`` with ``cfg.reader``, ``cfg.tissue`` and ``cfg.tiling``; the slide
-    is closed after the block. Raises :class:`~wsiscale.io.errors.SlideError` subclasses naming the URI."""
-    with open_slide(uri, backend=cfg.reader.backend, mpp=mpp, storage=cfg.storage,
-                    cucim_timeout_s=cfg.reader.cucim_import_timeout_s) as slide:
-        tissue = detect_slide_tissue(slide, cfg.tissue)
-        yield slide, tissue, plan_tiles(slide, cfg.tiling, tissue)
+    """``(slide, tissue, tile plan)`` of ``uri`` (:func:`open_configured`, :func:`plan_slide`); the slide is
+    closed after the block."""
+    with open_configured(uri, cfg, mpp) as slide:
+        yield (slide, *plan_slide(slide, cfg))
 
 
 def plan_regions(slide: "Slide", tissue: TissueMask, cfg: "WsiscaleConfig") -> TilePlan:

@@ -36,9 +36,12 @@ from torch import nn
 
 from wsiscale.models import builtin, foundation  # noqa: F401 - importing them registers their encoders
 from wsiscale.models.errors import EncoderError, EncoderWeightsError
-from wsiscale.models.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, registered
+from wsiscale.models.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register, registered
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Encoder", "EncoderError", "EncoderSpec", "EncoderWeightsError", "exported_encoder", "get_spec",
+           "list_encoders", "load_encoder", "load_state_dict_file", "load_weights", "register"]
 
 #: Prefixes stripped from checkpoint keys (DDP, Lightning, DINO teacher/student, timm/open_clip wrappers).
 KNOWN_PREFIXES = ("module.", "model.", "backbone.", "teacher.", "student.", "encoder.", "trunk.", "visual.trunk.")
@@ -56,7 +59,7 @@ def get_spec(name: str) -> EncoderSpec:
     specs = registered()
     if name in specs:
         return specs[name]
-    exported = _exported_encoder(name)
+    exported = exported_encoder(name)
     if exported is not None:
         return get_spec(exported["encoder"])
     if name.startswith("timm:"):
@@ -227,7 +230,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], spec: Encoder
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
-def _exported_encoder(name: str) -> dict | None:
+def exported_encoder(name: str) -> dict | None:
     """The ``encoder.json`` of a local directory exported by ``wsiscale pretrain``, if ``name`` is one."""
     import json
 
@@ -261,7 +264,7 @@ def load_encoder(
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast on CUDA; CPU runs fp32).
         channels_last: NHWC memory format (default: on CUDA).
     """
-    exported = _exported_encoder(name)
+    exported = exported_encoder(name)
     if exported is not None:  # the encoder/ directory of a `wsiscale pretrain` run (patch level)
         name, weights = exported["encoder"], Path(name) if weights is None else weights
     spec = get_spec(name)
