@@ -14,6 +14,11 @@ from wsiscale.synth.layout import LayoutParams
 from wsiscale.synth.slide import SlideSpec, generate_slide
 
 os.environ.setdefault("WSISCALE_NO_PROGRESS", "1")
+# Ray Train on one small machine: the controller polls its workers every 0.2 s instead of 2 s (a fit ends, or
+# a killed worker is noticed, that much sooner), and no spot-preemption watcher actor is started per fit
+# (no node here is ever drained). Inherited by every Ray the tests start, in process or in subprocesses.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")
