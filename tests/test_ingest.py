@@ -227,7 +227,7 @@ def big_cohort(tmp_path_factory):
 def test_killed_actor_mid_run_loses_and_duplicates_nothing(big_cohort, tmp_path):
     """SIGKILL one of the run's tiling actors (found in this job's actor table) once a slide is done: Ray restarts
     the actor, the run itself finishes every slide (no rerun), the slides done before the kill keep their
-    records (the run went on from there) and the output holds every planned tile exactly once."""
+    shards (the run went on from there) and the output holds every planned tile exactly once."""
     from ray_faults import actor_restarts, job_actors
 
     slides_dir, manifest = big_cohort
@@ -257,7 +257,10 @@ def test_killed_actor_mid_run_loses_and_duplicates_nothing(big_cohort, tmp_path)
     assert "error" not in result, result.get("error")  # the faulted run itself finished
     assert restarts >= 1, "Ray did not restart the killed tiling actor"
     assert result["summary"]["slides"]["done"] == 10 and result["summary"]["slides"]["failed"] == 0
-    assert all((done_dir / name).read_text() == text for name, text in before.items())  # done slides not redone
+    # the slides done before the kill stay done with the same shards (a task whose result died with the actor may be
+    # redone: it writes the same shard files, and its record is counted once)
+    shards = lambda text: [(s["path"], s["rows"]) for s in json.loads(text)["shards"]]  # noqa: E731
+    assert all(shards((done_dir / name).read_text()) == shards(text) for name, text in before.items())
     _check_exact(run, _expected(slides_dir, cfg))
 
 
