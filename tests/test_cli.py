@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 import yaml
 
 from wsiscale.cli import main
@@ -97,6 +98,7 @@ def test_synth_command(tmp_path):
     assert saved["synth"]["n_slides"] == 2 and saved["synth"]["seed"] == 4
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """The README demo command on a small cohort: local Ray, file:// storage, generated slides."""
@@ -104,7 +106,7 @@ def test_demo_end_to_end(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "wsiscale.cli", "demo", "--out", str(out), "--n-slides", "3",
          "--set", "synth.width=4096", "--set", "synth.height=4096", "--set", "ray.num_cpus=2"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=LONG_TEST_TIMEOUT_S - 60,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 from five_cohort import FiveCohortSpec, write_five_cohort
 
 
@@ -78,6 +79,7 @@ def test_eval_five_errors_name_the_fix(tmp_path):
 LEARNING = {"batch_size": 30, "epochs": 30, "lr": 3e-3, "checkpoint_every": 30, "draws": 3, "finetune_epochs": 20}
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_five_zero_shot_beats_chance_and_few_shot_beats_a_linear_probe(tmp_path):

@@ -18,9 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 from gigassl_cohort import GigaSSLCohortSpec, write_gigassl_cohort
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_gigassl_vectors_beat_mean_pooling_with_50_labelled_slides(tmp_path):

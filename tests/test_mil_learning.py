@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 from mil_cohort import MilCohortSpec, write_mil_cohort
 
 
@@ -36,6 +37,7 @@ def _cfg(method: str, workers: int = 1):
     return cfg
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_weno_student_beats_abmil_attention_on_tumour_tiles(tmp_path):

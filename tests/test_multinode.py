@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,6 +25,7 @@ def _run(*args: str, timeout: float = 900) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 def test_tiling_while_a_node_joins_and_then_dies(tmp_path, tmp_path_factory):
     """The tiling pool starts when a worker node joins, a second node joins mid-run, the first is SIGKILLed
@@ -44,6 +46,7 @@ def test_tiling_while_a_node_joins_and_then_dies(tmp_path, tmp_path_factory):
     assert final["done_this_run"] == got["slides"] and got.get("exact"), got
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 def test_elastic_training_grows_onto_a_joining_node_and_survives_its_loss(tmp_path):
     """(1, 2) workers: 1 on the head, 2 once a node joins (resize from the last checkpoint), 1 again after the

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from ports import LONG_TEST_TIMEOUT_S, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,6 +190,7 @@ def _submit(address: str, env: dict, token: str, args: list[str], runtime_env: l
     return body[0]
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_pipeline_behind_token_auth_and_resumes(tmp_path, token_auth_head):
     address, env, token = token_auth_head

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ports import LONG_TEST_TIMEOUT_S
 from learning_cohort import CohortSpec, make_cohort, write_region_run
 
 from wsiscale.synth.layout import LayoutParams
@@ -188,6 +189,7 @@ def dino_results(cohorts, tmp_path_factory):
     return {seed: _train_and_measure("dino", seed, root, cohorts) for seed in SEEDS}
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_dino_region_features_beat_a_random_encoder(random_results, dino_results, cohorts):
@@ -204,6 +206,7 @@ def test_dino_region_features_beat_a_random_encoder(random_results, dino_results
     assert gain > 0.05, (gain, dino_results, random_results)
 
 
+@pytest.mark.timeout(LONG_TEST_TIMEOUT_S)
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_slpd_region_features_beside_dino(random_results, dino_results, cohorts, tmp_path_factory):
