@@ -42,7 +42,6 @@ from wsiscale.config import CONFIG_FILENAME, WsiscaleConfig
 from wsiscale.progress import console, progress_bar
 from wsiscale.runs.config_file import save_config
 from wsiscale.runtime import start_ray
-from wsiscale.synth.cohort import build_cohort
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ def run_demo(cfg: WsiscaleConfig, out: Path, n_slides: int | None = None) -> dic
     t0 = time.perf_counter()
     console.rule("[bold]wsiscale demo")
     console.print(f"1/9 generating {cfg.synth.n_slides} synthetic slides ({cfg.synth.width}x{cfg.synth.height}) in {out / 'slides'}")
+    from wsiscale.synth.cohort import build_cohort  # here, not at import: `wsiscale --help` needs none of it
+
     manifest = build_cohort(cfg.synth, out / "slides")
     table = pq.read_table(manifest).to_pylist()
     t_synth = time.perf_counter() - t0

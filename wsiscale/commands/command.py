@@ -37,7 +37,6 @@ class Command:
         to_json: the result as ``--json`` prints it (default: the result itself).
         exit_code: ``exit_code(result, strict)``: 0 done, 1 incomplete (slides pending, interrupted,
             or with ``--strict`` failed slides); bad input raises instead (exit 2).
-        json_flag: whether the command offers ``--json``.
     """
 
     words: tuple[str, ...]
@@ -47,7 +46,6 @@ class Command:
     show: Callable[[Any, Console], None]
     to_json: Callable[[Any], Any] = _as_is
     exit_code: Callable[[Any, bool], int] = _always_ok
-    json_flag: bool = True
 
     @property
     def name(self) -> str:

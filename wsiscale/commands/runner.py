@@ -23,13 +23,12 @@ from wsiscale.progress import setup_logging
 
 
 def add_common(p: argparse.ArgumentParser, command: Command, config_example: str | None = None) -> None:
-    """``--config``, repeatable ``--set``, ``--json`` (when the command has a result) and ``--strict``."""
+    """``--config``, repeatable ``--set``, ``--json`` and ``--strict`` (every command has them)."""
     example = f" (e.g. {config_example})" if config_example else " (defaults are the embedded local setup)"
     p.add_argument("--config", "-c", help="YAML config file" + example)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set tiling.mpp=0.5 (repeatable)")
-    if command.json_flag:
-        p.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
     p.add_argument("--strict", action="store_true", help="exit 1 when any slide failed (failures.parquet)")
 
 
